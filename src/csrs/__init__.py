@@ -1,0 +1,49 @@
+"""csrs: provably robust cost-sensitive learning with randomized smoothing.
+
+The torch-free layers (``csrs.costs``, ``csrs.stats``, ``csrs.metrics``) load eagerly; the
+torch-heavy ones are imported on first use so that ``import csrs.stats`` stays light.
+"""
+
+from importlib import import_module
+from typing import Any
+
+from csrs.costs import CostMatrix
+from csrs.stats import (
+    ABSTAIN,
+    Certificate,
+    StandardCertificate,
+    certify_counts,
+    cohen_certify_counts,
+    cohen_predict_counts,
+    true_cs_radius,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "SmoothedClassifier": "csrs.smoothing",
+    "load_checkpoint": "csrs.checkpoint",
+    "save_checkpoint": "csrs.checkpoint",
+    "build_model": "csrs.models",
+    "load_dataset": "csrs.data",
+    "certify_dataset": "csrs.certify",
+}
+
+__all__ = [
+    "ABSTAIN",
+    "Certificate",
+    "CostMatrix",
+    "StandardCertificate",
+    "__version__",
+    "certify_counts",
+    "cohen_certify_counts",
+    "cohen_predict_counts",
+    "true_cs_radius",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'csrs' has no attribute {name!r}")

@@ -1,0 +1,138 @@
+"""Checkpoints that carry everything certification needs, loaded without running their code.
+
+A checkpoint is a plain dict of tensors, numbers, strings and lists, so that
+``torch.load(..., weights_only=True)`` can read it:
+
+- ``format``: ``CHECKPOINT_FORMAT``;
+- ``meta``: arch, num_classes, class_names, input_shape, mean, std, dataset, data_dir,
+  data_options, sigma, cost_matrix (0/1 rows), cost_spec, method, hparams, epoch, epochs, seed,
+  csrs_version;
+- ``model``: the model's state_dict (normalisation buffers included);
+- ``training``: optimizer/scheduler/RNG state for ``--resume`` (may be empty).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from csrs.costs import CostMatrix
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "REQUIRED_META",
+    "Checkpoint",
+    "CheckpointError",
+    "load_checkpoint",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "csrs-checkpoint-1"
+REQUIRED_META = ("arch", "num_classes", "input_shape", "sigma", "dataset", "cost_matrix")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, corrupt, foreign or incomplete."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: metadata, model weights and the optional training state."""
+
+    meta: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    training: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def sigma(self) -> float:
+        return float(self.meta["sigma"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    @property
+    def class_names(self) -> list[str] | None:
+        names = self.meta.get("class_names")
+        return list(names) if names else None
+
+    def cost_matrix(self) -> CostMatrix:
+        """The cost matrix the model was trained (or is to be certified) for."""
+        return CostMatrix(self.meta["cost_matrix"], self.class_names)
+
+    def build_model(self, device: str | torch.device = "cpu") -> nn.Module:
+        """Rebuild the architecture from the registry and load the weights (eval mode)."""
+        from csrs.models import build_model
+
+        model = build_model(self.meta["arch"], num_classes=self.num_classes,
+                            input_shape=tuple(self.meta["input_shape"]),
+                            mean=self.meta.get("mean"), std=self.meta.get("std"),
+                            **dict(self.meta.get("arch_options") or {}))
+        try:
+            model.load_state_dict(self.model_state)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[0]
+            raise CheckpointError(f"checkpoint weights do not fit architecture "
+                                  f"'{self.meta['arch']}': {first}") from None
+        return model.to(device).eval()
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any],
+                    training: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint atomically (temporary file, then rename) and return its path."""
+    missing = [key for key in REQUIRED_META if key not in meta]
+    if missing:
+        raise ValueError(f"checkpoint meta lacks {', '.join(missing)}")
+    from csrs import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "meta": {**meta, "csrs_version": __version__},
+        "model": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
+        "training": training or {},
+    }
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a checkpoint with ``weights_only=True``; raise CheckpointError with one line on any
+    missing, corrupt, foreign or incomplete file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError,
+            ValueError, AttributeError, TypeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"'{path}' is not a readable csrs checkpoint ({reason[:160]})") \
+            from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"'{path}' is not a csrs checkpoint (expected format "
+                              f"'{CHECKPOINT_FORMAT}'); train one with `csrs train`")
+    meta = payload.get("meta") or {}
+    missing = [key for key in REQUIRED_META if key not in meta]
+    if missing or "model" not in payload:
+        raise CheckpointError(f"checkpoint '{path}' is incomplete: missing "
+                              f"{', '.join(missing) or 'model weights'}")
+    return Checkpoint(meta=meta, model_state=payload["model"],
+                      training=payload.get("training") or {}, path=path)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # DistributedDataParallel and torch.compile wrap the real module; save the plain weights.
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
