@@ -74,8 +74,7 @@ class Checkpoint:
 
         model = build_model(self.meta["arch"], num_classes=self.num_classes,
                             input_shape=tuple(self.meta["input_shape"]),
-                            mean=self.meta.get("mean"), std=self.meta.get("std"),
-                            **dict(self.meta.get("arch_options") or {}))
+                            mean=self.meta.get("mean"), std=self.meta.get("std"))
         try:
             model.load_state_dict(self.model_state)
         except RuntimeError as error:

@@ -186,7 +186,7 @@ class CostMatrix:
         parts = []
         for seed in self.sensitive_classes:
             targets = self.costly(seed)
-            if len(targets) == self.num_classes - 1:
+            if len(targets) == self.num_classes - 1 > 1:
                 parts.append(f"{self._name(seed)} -> any other class")
             else:
                 parts.append(f"{self._name(seed)} -> {', '.join(self._name(k) for k in targets)}")

@@ -1,0 +1,170 @@
+"""Certify a dataset: stream one TSV row per example, resume after a kill.
+
+Each example gets both certificates from the same noise samples: Cohen's standard CERTIFY (the
+columns ``predict radius correct``, used for Acc and Rob_non) and, for sensitive examples,
+Algorithm 1's cost-sensitive certificate (``cs_predict r1 r2 cs_radius``, used for Rob_cs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from csrs.costs import CostMatrix
+from csrs.results import COLUMNS, ResultsFileError, read_results
+from csrs.smoothing import ESTIMATION, SELECTION, SmoothedClassifier
+from csrs.stats import Bounds, certify_counts, cohen_certify_counts
+
+__all__ = ["CertifySettings", "certify_dataset", "select_indices"]
+
+@dataclass(frozen=True)
+class CertifySettings:
+    """What a results file was computed with; a resumed run must use the same."""
+
+    n0: int = 100
+    n: int = 100_000
+    alpha: float = 0.001
+    bounds: Bounds = "sound"
+    sigma: float = 0.5
+    seed: int = 0
+    cost: str = ""
+    noise_block: int = 1000
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def select_indices(size: int, *, skip: int = 1, max_examples: int | None = None) -> list[int]:
+    """Return every ``skip``-th example index (Cohen's --skip), at most ``max_examples`` of them."""
+    if skip < 1:
+        raise ValueError(f"--skip must be >= 1; got {skip}")
+    if max_examples is not None and max_examples < 1:
+        raise ValueError(f"--max must be >= 1; got {max_examples}")
+    indices = list(range(0, size, skip))
+    return indices[:max_examples] if max_examples is not None else indices
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}" if math.isfinite(value) else ("-inf" if value < 0 else "inf")
+
+
+def _rows_for_chunk(smoothed: SmoothedClassifier, inputs: torch.Tensor, labels: Sequence[int],
+                    indices: Sequence[int], cost_matrix: CostMatrix,
+                    settings: CertifySettings, batch_size: int) -> list[dict[str, Any]]:
+    requests = []
+    for row, index in enumerate(indices):
+        requests.append((row, index, SELECTION, settings.n0))
+        requests.append((row, index, ESTIMATION, settings.n))
+    start = time.perf_counter()
+    counts = smoothed.sample_counts_many(inputs, requests, batch_size=batch_size)
+    seconds = (time.perf_counter() - start) / len(indices)
+    rows = []
+    for row, (index, label) in enumerate(zip(indices, labels, strict=True)):
+        selection, estimation = counts[2 * row], counts[2 * row + 1]
+        standard = cohen_certify_counts(selection, estimation, sigma=settings.sigma,
+                                        alpha=settings.alpha)
+        result: dict[str, Any] = {
+            "idx": index, "label": label, "predict": standard.prediction,
+            "radius": _fmt(standard.radius), "correct": int(standard.prediction == label),
+            "sensitive": int(cost_matrix.is_sensitive(label)),
+            "cs_predict": "", "cs_costly": "", "r1": "", "r2": "", "cs_radius": "",
+            "p_a_lower": _fmt(standard.p_a_lower), "p_b_upper": "", "time": f"{seconds:.4f}",
+        }
+        if result["sensitive"]:
+            cert = certify_counts(selection, estimation, sigma=settings.sigma,
+                                  alpha=settings.alpha, costly=cost_matrix.costly(label),
+                                  bounds=settings.bounds)
+            result.update(cs_predict=cert.prediction, cs_costly=int(cert.is_costly),
+                          r1=_fmt(cert.r1), r2=_fmt(cert.r2), cs_radius=_fmt(cert.radius),
+                          p_b_upper=_fmt(cert.p_b_upper))
+        rows.append(result)
+    return rows
+
+
+def certify_dataset(smoothed: SmoothedClassifier, dataset: Dataset, cost_matrix: CostMatrix, *,
+                    settings: CertifySettings, indices: Iterable[int] | None = None,
+                    batch_size: int = 1000, out: str | Path | None = None,
+                    progress: bool = True) -> list[dict[str, Any]]:
+    """Certify ``dataset[i]`` for each index and return one result row (a dict) per example.
+
+    With ``out``, rows are appended to a TSV as they are computed (flushed per chunk), and an
+    existing file is resumed: its finished examples are skipped, a torn last line is dropped, and
+    the finished file equals an uninterrupted run except for the ``time`` column. The settings
+    are kept beside the file (``<out>.json``); resuming with other settings is an error.
+
+    Several examples are packed into one batch when n0 + n is small, which keeps the model busy;
+    their noise is still a function of (seed, example index) alone.
+    """
+    if cost_matrix.num_classes != smoothed.num_classes:
+        raise ValueError(f"cost matrix has {cost_matrix.num_classes} classes; the model has "
+                         f"{smoothed.num_classes}")
+    if abs(settings.sigma - smoothed.sigma) > 1e-12:
+        raise ValueError(f"settings.sigma {settings.sigma} differs from the smoothed "
+                         f"classifier's {smoothed.sigma}")
+    indices = list(range(len(dataset)) if indices is None else indices)
+    rows: list[dict[str, Any]] = []
+    if out is not None:
+        rows = _prepare_results_file(Path(out), settings)
+    done = {int(row["idx"]) for row in rows}
+    todo = [index for index in indices if index not in done]
+    per_chunk = max(1, min(256, (4 * batch_size) // (settings.n0 + settings.n)))
+    handle = open(out, "a", encoding="utf-8") if out is not None else None  # noqa: SIM115
+    bar = tqdm(total=len(indices), initial=len(indices) - len(todo), unit="ex",
+               desc="certify", disable=not progress, dynamic_ncols=True)
+    try:
+        for chunk in _chunks(todo, per_chunk):
+            items = [dataset[index] for index in chunk]
+            inputs = torch.stack([torch.as_tensor(x) for x, _ in items])
+            labels = [int(y) for _, y in items]
+            new_rows = _rows_for_chunk(smoothed, inputs, labels, chunk, cost_matrix, settings,
+                                       batch_size)
+            if handle is not None:
+                handle.writelines("\t".join(str(r[c]) for c in COLUMNS) + "\n" for r in new_rows)
+                handle.flush()
+            rows.extend(new_rows)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        if handle is not None:
+            handle.close()
+    wanted = set(indices)
+    return [row for row in rows if int(row["idx"]) in wanted]
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _prepare_results_file(path: Path, settings: CertifySettings) -> list[dict[str, Any]]:
+    """Create the results file, or validate and repair it for resuming; return its rows."""
+    meta_path = path.with_name(path.name + ".json")
+    if path.exists() and path.stat().st_size > 0:
+        if meta_path.exists():
+            previous = json.loads(meta_path.read_text())
+            changed = [f"{key}={previous.get(key)!r} (now {value!r})"
+                       for key, value in settings.as_dict().items()
+                       if previous.get(key) != value]
+            if changed:
+                raise ResultsFileError(f"'{path}' was made with other settings: "
+                                       f"{', '.join(changed)}; use another --out to start anew")
+        header = path.open(encoding="utf-8").readline().rstrip("\r\n").split("\t")
+        if tuple(header) != COLUMNS:
+            raise ResultsFileError(f"'{path}' has other columns than a fixed-n certify run; "
+                                   f"use another --out to start anew")
+        rows = read_results(path, repair=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\t".join(COLUMNS) + "\n", encoding="utf-8")
+        rows = []
+    meta_path.write_text(json.dumps(settings.as_dict(), indent=2) + "\n")
+    return rows

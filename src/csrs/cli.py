@@ -1,0 +1,220 @@
+"""The ``csrs`` command line: thin wrappers that parse flags and call the library.
+
+User errors (bad flags, files, specs) end in one line on stderr and exit status 2, without a
+traceback; everything already written (result rows, checkpoints) stays on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line naming the command and the problem."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise SystemExit(_fail(f"{self.prog}: {message} (see '{self.prog} --help')"))
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = _positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+# -- certify ----------------------------------------------------------------------------------
+def _add_certify(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "certify", help="certify a dataset with a trained checkpoint",
+        description="Certify every example of a dataset split with the smoothed classifier of a "
+                    "checkpoint: Cohen's standard certificate and Algorithm 1's cost-sensitive "
+                    "one, from the same samples. Writes one TSV row per example and resumes an "
+                    "interrupted run when --out already exists.")
+    parser.add_argument("checkpoint", type=Path, help="checkpoint written by 'csrs train'")
+    parser.add_argument("--out", type=Path, required=True, help="results TSV (resumed if present)")
+    parser.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
+    parser.add_argument("--data-dir", help="directory of the dataset files (default: the "
+                        "checkpoint's)")
+    parser.add_argument("--split", choices=("test", "train"), default="test")
+    parser.add_argument("--cost", help="cost spec, e.g. '3' or '3->5,8' (default: the "
+                        "checkpoint's cost matrix)")
+    parser.add_argument("--sigma", type=_positive_float,
+                        help="noise level (default: the checkpoint's training sigma)")
+    parser.add_argument("--n0", type=_positive_int, default=100,
+                        help="selection samples (default 100)")
+    parser.add_argument("--n", type=_positive_int, default=100_000,
+                        help="estimation samples (default 100000)")
+    parser.add_argument("--alpha", type=_probability, default=0.001,
+                        help="failure probability of each certificate (default 0.001)")
+    parser.add_argument("--bounds", choices=("sound", "paper"), default="sound",
+                        help="'sound' (default): max(R1, R2) holds with probability 1 - alpha; "
+                             "'paper': Algorithm 1 exactly as printed, whose max(R1, R2) only "
+                             "holds with probability 1 - 1.5*alpha")
+    parser.add_argument("--batch", type=_positive_int, default=1000,
+                        help="noisy samples per forward pass (default 1000)")
+    parser.add_argument("--skip", type=_positive_int, default=1,
+                        help="certify every K-th example (default 1)")
+    parser.add_argument("--max", type=_positive_int, default=None,
+                        help="certify at most K examples")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_run_certify)
+
+
+def _run_certify(args: argparse.Namespace) -> int:
+    from csrs.certify import CertifySettings, certify_dataset, select_indices
+    from csrs.checkpoint import load_checkpoint
+    from csrs.costs import CostMatrix
+    from csrs.data import load_dataset
+    from csrs.metrics import summarize
+    from csrs.smoothing import SmoothedClassifier
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    meta = checkpoint.meta
+    cost = (CostMatrix.parse(args.cost, checkpoint.num_classes, checkpoint.class_names)
+            if args.cost else checkpoint.cost_matrix())
+    splits = load_dataset(args.dataset or meta["dataset"], args.data_dir or meta.get("data_dir"),
+                          seed=int(meta.get("data_seed", meta.get("seed", 0))),
+                          **dict(meta.get("data_options") or {}))
+    if splits.num_classes != checkpoint.num_classes:
+        return _fail(f"dataset '{splits.name}' has {splits.num_classes} classes; the "
+                     f"checkpoint's model has {checkpoint.num_classes}")
+    dataset = splits.test if args.split == "test" else splits.train
+    sigma = args.sigma or checkpoint.sigma
+    smoothed = SmoothedClassifier(checkpoint.build_model(args.device), checkpoint.num_classes,
+                                  sigma, device=args.device, seed=args.seed, amp=args.amp)
+    settings = CertifySettings(n0=args.n0, n=args.n, alpha=args.alpha, bounds=args.bounds,
+                               sigma=sigma, seed=args.seed, cost=cost.spec(),
+                               noise_block=smoothed.noise_block)
+    indices = select_indices(len(dataset), skip=args.skip, max_examples=args.max)
+    rows = certify_dataset(smoothed, dataset, cost, settings=settings, indices=indices,
+                           batch_size=args.batch, out=args.out, progress=not args.quiet)
+    summary = summarize(rows, 0.0)
+    print(f"certified {summary['examples']} examples ({summary['sensitive']} sensitive) "
+          f"-> {args.out}; Acc {summary['acc']:.3f}. Next: csrs report {args.out}")
+    return 0
+
+
+# -- report -----------------------------------------------------------------------------------
+def _add_report(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "report", help="metrics, table and plot from result files",
+        description="Acc, Rob_cs, Rob_cs^(std) and Rob_non^(std) at --eps for each results "
+                    "file, printed as a table; writes summary.csv, per_class.csv and a "
+                    "certified-robustness curve (PNG) to --out.")
+    parser.add_argument("results", type=Path, nargs="+", help="results TSV(s) of 'csrs certify'")
+    parser.add_argument("--eps", type=_nonnegative_float, default=0.5,
+                        help="l2 radius at which robustness is counted (default 0.5)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="directory for summary.csv and plots (default: beside the first "
+                             "results file, <name>-report/)")
+    parser.set_defaults(run=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from csrs.metrics import per_class
+    from csrs.report import markdown_table, plot_curves, summary_rows, write_csv
+    from csrs.results import read_results
+
+    results = {}
+    for path in args.results:
+        name = path.stem if path.stem not in results else str(path)
+        results[name] = read_results(path)
+        if not results[name]:
+            return _fail(f"results file '{path}' has no finished rows yet")
+    out = args.out or args.results[0].with_name(args.results[0].stem + "-report")
+    rows = summary_rows(results, args.eps)
+    columns = ["results", "examples", "sensitive", "acc", "rob_cs", "rob_cs_std", "rob_non_std"]
+    print(f"certified robustness at eps = {args.eps}")
+    print(markdown_table(rows, columns, bold_best=columns[3:] if len(rows) > 1 else ()))
+    write_csv(out / "summary.csv", rows, [*columns, "eps"])
+    classes = [{"results": name, **row} for name, res in results.items()
+               for row in per_class(res, args.eps)]
+    write_csv(out / "per_class.csv", classes,
+              ["results", "label", "examples", "sensitive", "acc", "rob_cs", "rob_cs_std",
+               "rob_non_std"])
+    plot = plot_curves(results, out / "certified_curves.png",
+                       title="certified robustness over the l2 radius")
+    print(f"wrote {out / 'summary.csv'}, {out / 'per_class.csv'} and {plot}")
+    return 0
+
+
+# -- entry point ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from csrs import __version__
+
+    parser = _Parser(prog="csrs", description="Provably robust cost-sensitive learning with "
+                     "randomized smoothing: train, certify and report.")
+    parser.add_argument("--version", action="version", version=f"csrs {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                     parser_class=_Parser)
+    commands.required = True
+    for add in _COMMANDS:
+        add(commands)
+    return parser
+
+
+_COMMANDS = [_add_certify, _add_report]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``csrs`` command line; return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return int(args.run(args) or 0)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else _fail(str(exit_.code))
+    except KeyboardInterrupt:
+        return _fail("interrupted; rows and checkpoints written so far are kept "
+                     "(re-run the same command to resume)")
+    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        return _fail(message)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
