@@ -326,3 +326,21 @@ def test_augment_crops_pad_with_zeros_and_flips_half():
     same = (flipped == batch).flatten(1).all(1)
     mirrored = (flipped == batch.flip(-1)).flatten(1).all(1)
     assert torch.all(same | mirrored) and same.any() and mirrored.any()
+
+
+def test_cifar_reader_refuses_pickles_that_run_code(tmp_path):
+    import pickle
+
+    from csrs.data import DataError, load_dataset
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    for name in [*(f"data_batch_{k}" for k in range(1, 6)), "test_batch"]:
+        with open(root / name, "wb") as handle:
+            pickle.dump({b"data": Boom(), b"labels": [0]}, handle)
+    with pytest.raises(DataError, match="not a CIFAR-10 python batch"):
+        load_dataset("cifar10", tmp_path)

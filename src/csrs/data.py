@@ -332,11 +332,27 @@ def load_breast_cancer(data_dir: Path | None = None, *, seed: int = 0,
         None, None, default_cost="malignant->benign", default_arch="mlp", augment=None)
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and NumPy arrays only, so a CIFAR batch cannot run code."""
+
+    _ALLOWED = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+                for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+
+
+def _unpickle(path: Path) -> object:
+    with open(path, "rb") as file:
+        return _ArrayUnpickler(file, encoding="bytes").load()
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Returns (images uint8 (N, 3, 32, 32), labels) of one pickled CIFAR-10 python batch."""
     try:
-        with open(path, "rb") as file:
-            batch = pickle.load(file, encoding="bytes")
+        batch = _unpickle(path)
         images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError):
@@ -350,7 +366,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def load_cifar10(data_dir: Path | None, *, seed: int = 0) -> DatasetSplits:
     """CIFAR-10 from the official python batches in ``data_dir/cifar-10-batches-py/``.
 
-    ``data_dir`` may also be that folder itself. Reads pickles: use files you trust. Images stay
+    ``data_dir`` may also be that folder itself. The pickles are read with an unpickler that only
+    admits containers and NumPy arrays, so a tampered file cannot run code. Images stay
     uint8 in memory (150 MB) and become float one item at a time.
     """
     data_dir = _data_dir(data_dir, "cifar10", "the folder that holds cifar-10-batches-py/")
@@ -368,8 +385,10 @@ def load_cifar10(data_dir: Path | None, *, seed: int = 0) -> DatasetSplits:
     test_images, test_labels = _read_cifar_batch(root / "test_batch")
     class_names = CIFAR10_CLASSES
     if (root / "batches.meta").is_file():
-        with open(root / "batches.meta", "rb") as file:
-            names = pickle.load(file, encoding="bytes").get(b"label_names", ())
+        try:
+            names = _unpickle(root / "batches.meta").get(b"label_names", ())
+        except (pickle.UnpicklingError, EOFError, AttributeError):
+            names = ()
         if len(names) == 10:
             class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
     return DatasetSplits(
