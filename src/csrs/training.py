@@ -1,0 +1,312 @@
+"""One training loop for every method of :data:`csrs.objectives.OBJECTIVES`.
+
+SGD with momentum and a step schedule, as MACER publishes it for CIFAR-10 (440 epochs, batch 64,
+lr 0.01, momentum 0.9, weight decay 5e-4, lr x0.1 at epochs 200 and 400); by default the schedule
+is scaled to the number of epochs. A checkpoint (:mod:`csrs.checkpoint`) is written atomically at
+the end of every epoch with everything ``--resume`` needs: optimizer, scheduler and generator
+states, so that an interrupted run resumed on CPU ends with bitwise the same weights.
+
+Randomness is explicit: the model is initialised after ``torch.manual_seed(seed)``; one CPU
+generator shuffles and augments, one generator on the device draws the noise, both seeded from
+``seed``.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from csrs.checkpoint import load_checkpoint, save_checkpoint
+from csrs.costs import CostMatrix
+from csrs.models import ARCHITECTURES, build_model
+from csrs.objectives import OBJECTIVES, LossParts, resolve_hparams
+
+__all__ = ["TrainConfig", "TrainResult", "default_milestones", "train"]
+
+# The parts of LossParts averaged per epoch, and their short names on the progress bar.
+_METRICS = {"loss": "total", "cls": "classification", "rob_n": "robust_normal",
+            "rob_s": "robust_sensitive", "acc": "accuracy"}
+# Settings that change what a checkpoint means; --resume refuses a config that differs in one.
+_RESUME_FIELDS = ("method", "dataset", "data_options", "arch", "sigma", "seed", "data_seed",
+                  "cost_matrix", "hparams")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run depends on.
+
+    ``out`` is the checkpoint file. ``cost`` and ``arch`` default to the dataset's. ``milestones``
+    are the epochs (counted from 0) from which the lr is multiplied once more by ``lr_decay``;
+    ``None`` scales MACER's schedule (:func:`default_milestones`). ``hparams`` override the
+    method's :data:`~csrs.objectives.METHOD_DEFAULTS`. ``val_fraction`` holds out a stratified
+    part of the training split for tuning: it is never trained on, and
+    ``validation_split(splits.train, None, val_fraction, seed)`` gives it back. ``amp`` runs the
+    forward pass under bfloat16 autocast. Without ``resume`` a checkpoint at ``out`` is
+    overwritten; with it, training continues from that checkpoint (refused if it was trained with
+    other settings; a larger ``epochs`` extends the run), or starts fresh when there is none.
+    Resumed on another device type, the noise generator is re-seeded, since generator states do
+    not carry across devices.
+    """
+
+    dataset: str
+    method: str
+    sigma: float
+    epochs: int
+    out: Path
+    cost: str | None = None
+    arch: str | None = None
+    data_dir: str | None = None
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[int, ...] | None = None
+    lr_decay: float = 0.1
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = False
+    resume: bool = False
+    hparams: dict[str, Any] = field(default_factory=dict)
+    val_fraction: float = 0.0
+    data_options: dict[str, Any] = field(default_factory=dict)
+    data_seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    """The checkpoint written, the epochs completed, the trained model (train mode) and, per
+    epoch, the loss parts and noisy accuracy averaged over examples and the seconds it took."""
+
+    path: Path
+    epochs: int
+    model: nn.Module
+    history: list[dict[str, float]]
+
+
+def default_milestones(epochs: int) -> tuple[int, ...]:
+    """Returns MACER's lr milestones (200 and 400 of 440 epochs) scaled to ``epochs``."""
+    return round(epochs * 200 / 440), round(epochs * 400 / 440)
+
+
+def _check_config(config: TrainConfig) -> dict[str, Any]:
+    """Raises ValueError naming the first bad setting; returns the method's hyperparameters."""
+    hparams = resolve_hparams(config.method, config.hparams)
+    checks = [
+        (config.sigma > 0, f"sigma must be positive; got {config.sigma!r}"),
+        (isinstance(config.epochs, int) and config.epochs >= 1,
+         f"epochs must be an integer >= 1; got {config.epochs!r}"),
+        (isinstance(config.batch_size, int) and config.batch_size >= 1,
+         f"batch_size must be an integer >= 1; got {config.batch_size!r}"),
+        (config.lr > 0, f"lr must be positive; got {config.lr!r}"),
+        (config.momentum >= 0, f"momentum must be >= 0; got {config.momentum!r}"),
+        (config.weight_decay >= 0, f"weight_decay must be >= 0; got {config.weight_decay!r}"),
+        (config.lr_decay > 0, f"lr_decay must be positive; got {config.lr_decay!r}"),
+        (0 <= config.val_fraction < 1, f"val_fraction must be in [0, 1); got "
+                                       f"{config.val_fraction!r}"),
+        (config.milestones is None or all(isinstance(m, int) and m >= 0
+                                          for m in config.milestones),
+         f"milestones must be epochs (integers >= 0); got {config.milestones!r}"),
+        (config.arch is None or config.arch in ARCHITECTURES,
+         f"unknown architecture '{config.arch}'; choose from: {', '.join(sorted(ARCHITECTURES))}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    try:
+        device = torch.device(config.device)
+    except RuntimeError:
+        raise ValueError(f"unknown device '{config.device}'; expected e.g. cpu, cuda, "
+                         f"cuda:1") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{config.device}' is not available (no CUDA device found)")
+    return hparams
+
+
+def _lr_factor(milestones: Sequence[int], decay: float) -> Callable[[int], float]:
+    """Returns epoch -> decay ** (number of milestones <= epoch): a step schedule."""
+    ordered = sorted(milestones)
+    return lambda epoch: decay ** bisect_right(ordered, epoch)
+
+
+def _prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """Returns the model on ``device``; the one place a DistributedDataParallel wrap would go."""
+    return model.to(device).train()
+
+
+def _epoch_loader(dataset: Dataset, batch_size: int, generator: torch.Generator) -> DataLoader:
+    """Returns this epoch's batches in an order drawn from ``generator``.
+
+    The one place a DistributedSampler would go (each process taking every world-size-th index).
+    """
+    order = torch.randperm(len(dataset), generator=generator).tolist()
+    return DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=0,
+                      pin_memory=False)
+
+
+def _meta(config: TrainConfig, splits: Any, arch: str, cost: CostMatrix, cost_spec: str,
+          hparams: dict[str, Any], epoch: int) -> dict[str, Any]:
+    """Returns the checkpoint metadata: what certification and --resume need to know."""
+    training_hparams = {key: getattr(config, key) for key in (
+        "batch_size", "lr", "momentum", "weight_decay", "lr_decay", "amp", "val_fraction")}
+    milestones = config.milestones if config.milestones is not None \
+        else default_milestones(config.epochs)
+    return {
+        "arch": arch, "num_classes": splits.num_classes, "class_names": list(splits.class_names),
+        "input_shape": list(splits.input_shape),
+        "mean": None if splits.mean is None else list(splits.mean),
+        "std": None if splits.std is None else list(splits.std),
+        "dataset": config.dataset, "data_dir": None if config.data_dir is None
+        else str(config.data_dir), "data_options": dict(config.data_options),
+        "sigma": float(config.sigma), "cost_matrix": cost.to_list(), "cost_spec": cost_spec,
+        "method": config.method,
+        "hparams": {**hparams, **training_hparams, "milestones": list(milestones)},
+        "epoch": epoch, "epochs": config.epochs, "seed": config.seed,
+        "data_seed": config.data_seed,
+    }
+
+
+def _check_resumable(saved: dict[str, Any], meta: dict[str, Any], path: Path) -> None:
+    """Raises ValueError naming the first setting in which ``meta`` differs from the checkpoint."""
+    for key in _RESUME_FIELDS:
+        old, new = saved.get(key), meta[key]
+        if key == "hparams":
+            # The schedule may differ when --epochs is raised to extend a run.
+            old = {k: v for k, v in (old or {}).items() if k != "milestones"}
+            new = {k: v for k, v in new.items() if k != "milestones"}
+        if old != new:
+            shown = (saved.get("cost_spec"), meta["cost_spec"]) if key == "cost_matrix" \
+                else (old, new)
+            raise ValueError(f"cannot resume from '{path}': its {key.replace('_matrix', '')} is "
+                             f"{shown[0]!r}, the config's is {shown[1]!r}")
+
+
+def _run_epoch(model: nn.Module, batches: Any, objective: Callable[..., LossParts],
+               optimizer: torch.optim.Optimizer, costly_table: Tensor,
+               augment: Callable[[Tensor, torch.Generator], Tensor] | None,
+               generator: torch.Generator, amp: bool) -> dict[str, float]:
+    """Returns the loss parts and noisy accuracy averaged over the examples of one epoch."""
+    device = costly_table.device
+    sums = torch.zeros(len(_METRICS), device=device)
+    seen = 0
+    for step, (x, y) in enumerate(batches):
+        x = x.to(device, non_blocking=True)
+        y = torch.as_tensor(y).to(device, non_blocking=True)
+        if augment is not None:
+            x = augment(x, generator)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            parts = objective(model, x, y, costly_table[y])
+        optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        optimizer.step()
+        sums += len(y) * torch.stack([getattr(parts, name).detach().float()
+                                      for name in _METRICS.values()])
+        seen += len(y)
+        if step % 10 == 0:
+            _show(batches, sums / seen)
+    metrics = dict(zip(_METRICS, (sums / max(seen, 1)).tolist(), strict=True))
+    _show(batches, torch.tensor(list(metrics.values())))
+    return metrics
+
+
+def _show(batches: Any, averages: Tensor) -> None:
+    """Puts the running averages on the progress bar, if there is one to show."""
+    if isinstance(batches, tqdm) and not batches.disable:
+        batches.set_postfix({key: f"{value:.3f}" for key, value
+                             in zip(_METRICS, averages.tolist(), strict=True)})
+
+
+def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
+          log: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+    """Returns the result of training ``config.method`` on ``config.dataset``; see the module doc.
+
+    ``splits`` is an already loaded :class:`csrs.data.DatasetSplits` (default: loaded from the
+    config). ``log`` is called with each epoch's metrics after its checkpoint is written.
+    """
+    hparams = _check_config(config)
+    if splits is None:
+        from csrs.data import load_dataset
+
+        splits = load_dataset(config.dataset, config.data_dir, seed=config.data_seed,
+                              **config.data_options)
+    arch = config.arch or splits.default_arch
+    cost_spec = config.cost if config.cost is not None else splits.default_cost
+    cost = CostMatrix.parse(cost_spec, splits.num_classes, splits.class_names)
+    train_set = splits.train
+    if config.val_fraction > 0:
+        from csrs.data import validation_split
+
+        train_set, _ = validation_split(train_set, None, config.val_fraction, config.data_seed)
+
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)
+    model = build_model(arch, num_classes=splits.num_classes, input_shape=splits.input_shape,
+                        mean=splits.mean, std=splits.std)
+    model = _prepare_model(model, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    milestones = config.milestones if config.milestones is not None \
+        else default_milestones(config.epochs)
+    lr_factor = _lr_factor(milestones, config.lr_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    shuffle_generator = torch.Generator().manual_seed(config.seed)
+    noise_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+    costly_table = torch.tensor(cost.matrix.copy(), device=device)
+    objective = OBJECTIVES[config.method]
+    out = Path(config.out)
+
+    start, history = 0, []
+    if config.resume and out.is_file():
+        checkpoint = load_checkpoint(out)
+        _check_resumable(checkpoint.meta, _meta(config, splits, arch, cost, cost_spec, hparams,
+                                                0), out)
+        state = checkpoint.training
+        if "optimizer" not in state:
+            raise ValueError(f"cannot resume from '{out}': it holds no training state (not "
+                             f"written by csrs.training.train)")
+        model.load_state_dict(checkpoint.model_state)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, history = int(checkpoint.meta["epoch"]), list(state["history"])
+        shuffle_generator.set_state(state["shuffle_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["device_type"] == device.type:
+            noise_generator.set_state(state["noise_generator"])
+        else:  # generator states do not carry across device types: fresh, seeded noise
+            noise_generator.manual_seed(config.seed + 1 + start)
+        # A run extended with a larger --epochs follows the new schedule from here on.
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * lr_factor(start)
+
+    for epoch in range(start, config.epochs):
+        began = time.perf_counter()
+        batches = tqdm(_epoch_loader(train_set, config.batch_size, shuffle_generator),
+                       desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
+        step = partial(objective, sigma=config.sigma, generator=noise_generator, **hparams)
+        metrics = _run_epoch(model, batches, step, optimizer, costly_table, splits.augment,
+                             shuffle_generator, config.amp)
+        metrics |= {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": time.perf_counter() - began}
+        scheduler.step()
+        history.append(metrics)
+        training = {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "shuffle_generator": shuffle_generator.get_state(),
+            "noise_generator": noise_generator.get_state(),
+            "torch_rng": torch.get_rng_state(), "device_type": device.type, "history": history,
+        }
+        save_checkpoint(out, model, _meta(config, splits, arch, cost, cost_spec, hparams,
+                                          epoch + 1), training)
+        if log is not None:
+            log(metrics)
+    return TrainResult(path=out, epochs=max(start, config.epochs), model=model, history=history)
+
