@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -272,6 +273,99 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- experiments ------------------------------------------------------------------------------
+def _print_summary(summary: list[dict]) -> None:
+    from csrs.report import METHOD_LABELS, markdown_table
+
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in summary:
+        groups.setdefault((row["dataset"], row["cost"]), []).append(row)
+    for (dataset, cost), rows in groups.items():
+        shown = [{**row, "method": METHOD_LABELS.get(row["method"], row["method"])}
+                 for row in rows]
+        print(f"\n{dataset}, cost '{cost}'")
+        print(markdown_table(shown, ["method", "acc", "rob_cs", "rob_cs_std", "rob_non_std"],
+                             bold_best=["acc", "rob_cs", "rob_cs_std", "rob_non_std"]))
+
+
+def _add_experiment(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "experiment", help="train and certify every combination of a TOML config",
+        description="Train and certify every data set x cost x method x seed of an experiment "
+                    "config (see experiments/*.toml), tune on a validation split, and write "
+                    "summary.csv, report.md and plots. Re-running continues where it stopped.")
+    parser.add_argument("config", type=Path, help="experiment TOML file")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: results/<config name>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.set_defaults(run=_run_experiment)
+
+
+def _run_experiment(args: argparse.Namespace) -> int:
+    from csrs.experiment import load_config, run_experiment
+
+    config = load_config(args.config)
+    out = args.out or Path("results") / args.config.stem
+    summary = run_experiment(config, out, quiet=args.quiet)
+    _print_summary(summary)
+    print(f"\nreport: {out / 'report.md'}")
+    return 0
+
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "demo", help="the embedded default: all four methods on bundled data",
+        description="Train Cohen, Cohen-R, MACER and CS-RS on the bundled digits (costs '3' and "
+                    "'3->5,8') and breast cancer ('malignant->benign') data, certify the test "
+                    "splits at sigma = eps = 0.5, and write summary.csv, report.md and plots.")
+    parser.add_argument("--out", type=Path, default=Path("demo-results"),
+                        help="output directory (default demo-results/)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny budget (1 epoch, few samples and examples): checks the "
+                             "pipeline in seconds; its numbers mean nothing")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from csrs.experiment import demo_config, run_experiment
+
+    started = time.perf_counter()
+    summary = run_experiment(demo_config(quick=args.quick), args.out, quiet=args.quiet)
+    _print_summary(summary)
+    print(f"\nreport: {args.out / 'report.md'} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def _add_compare(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "compare", help="several result files side by side (table and curves)",
+        description="Put several results files side by side: the metrics table at --eps and "
+                    "the Rob_cs curves over eps in one plot.")
+    parser.add_argument("results", type=Path, nargs="+", help="results TSVs")
+    parser.add_argument("--eps", type=_nonnegative_float, default=0.5)
+    parser.add_argument("--out", type=Path, default=Path("compare"),
+                        help="directory for summary.csv and compare.png (default compare/)")
+    parser.set_defaults(run=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from csrs.report import markdown_table, plot_curves, summary_rows, write_csv
+    from csrs.results import read_results
+
+    results = {}
+    for path in args.results:
+        results[path.stem if path.stem not in results else str(path)] = read_results(path)
+    rows = summary_rows(results, args.eps)
+    columns = ["results", "examples", "sensitive", "acc", "rob_cs", "rob_cs_std", "rob_non_std"]
+    print(markdown_table(rows, columns, bold_best=columns[3:]))
+    write_csv(args.out / "summary.csv", rows, [*columns, "eps"])
+    plot = plot_curves(results, args.out / "compare.png", metrics=("rob_cs",),
+                       title="Rob_cs over eps")
+    print(f"wrote {args.out / 'summary.csv'} and {plot}")
+    return 0
+
+
 # -- entry point ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from csrs import __version__
@@ -287,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = [_add_train, _add_certify, _add_report]
+_COMMANDS = [_add_demo, _add_train, _add_certify, _add_report, _add_compare,
+             _add_experiment]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -108,3 +108,118 @@ def summary_rows(results: Mapping[str, Sequence[Mapping[str, Any]]],
     """Return one summary dict per named result set, with its name under ``results``."""
     return [{"results": name, **summarize(rows, eps)} for name, rows in results.items()]
 
+
+
+METHOD_LABELS = {"cohen": "Cohen", "cohen-r": "Cohen-R", "macer": "MACER", "csrs": "CS-RS"}
+
+
+def _setting_groups(items: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], list]:
+    groups: dict[tuple[str, str], list] = {}
+    for item in items:
+        groups.setdefault((item["dataset"], item["cost"]), []).append(item)
+    return groups
+
+
+def plot_method_curves(tests: Sequence[Mapping[str, Any]], path: Path, *, metric: str,
+                       title: str, eps_max: float) -> Path:
+    """Figure 2: one metric over eps, one line per method (the first seed of each)."""
+    first = {}
+    for test in tests:
+        first.setdefault(test["method"], test["rows"])
+    return plot_curves({METHOD_LABELS.get(m, m): rows for m, rows in first.items()}, path,
+                       metrics=(metric,), eps_max=eps_max, title=title)
+
+
+def plot_r1_vs_r2(tests: Sequence[Mapping[str, Any]], path: Path, *, title: str,
+                  eps_max: float) -> Path:
+    """Figure 1a/b: Rob_cs from R1 alone against Rob_cs from max(R1, R2), per method."""
+    first = {}
+    for test in tests:
+        first.setdefault(test["method"], test["rows"])
+    return plot_curves({METHOD_LABELS.get(m, m): rows for m, rows in first.items()}, path,
+                       metrics=("rob_cs", "rob_cs_std"), eps_max=eps_max, title=title)
+
+
+def plot_tradeoff(candidates: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    """Figure 1c: validation Acc against Rob_cs of every tuned candidate, per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _setting_groups([c for c in candidates if c["method"] != "cohen"])
+    if not groups:
+        return None
+    figure, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 4.0),
+                                squeeze=False)
+    markers = {"cohen-r": "s", "csrs": "o", "macer": "^"}
+    for axis, ((dataset, cost), items) in zip(axes[0], groups.items(), strict=True):
+        for method in sorted({c["method"] for c in items}):
+            points = [c for c in items if c["method"] == method]
+            axis.scatter([c["rob_cs"] for c in points], [c["acc"] for c in points],
+                         marker=markers.get(method, "x"), label=METHOD_LABELS.get(method, method))
+        for reference in (c for c in candidates if c["method"] == "cohen"
+                          and (c["dataset"], c["cost"]) == (dataset, cost)):
+            axis.axhline(reference["acc"], color="gray", lw=0.8, ls="--")
+        axis.set_title(f"{dataset}, cost '{cost}'", fontsize=9)
+        axis.set_xlabel("Rob_cs (validation)")
+        axis.set_ylabel("Acc (validation)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle("Acc vs Rob_cs of each tuned candidate (dashed: Cohen's Acc)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write_experiment_report(out: Path, *, title: str, description: str, sigma: float,
+                            eps: float, summary: Sequence[Mapping[str, Any]],
+                            tests: Sequence[Mapping[str, Any]],
+                            candidates: Sequence[Mapping[str, Any]],
+                            columns: Sequence[str]) -> Path:
+    """Write summary.csv, candidates.csv, the plots and report.md (tables as the paper's
+    Tables 1-3 with the best value of each column in bold); return the report's path."""
+    out = Path(out)
+    write_csv(out / "summary.csv", summary, columns)
+    if candidates:
+        write_csv(out / "candidates.csv", candidates,
+                  ["dataset", "cost", "method", "seed", "hparams", "acc", "rob_cs",
+                   "rob_cs_std", "rob_non_std"])
+    eps_max = max(1.0, 2.5 * eps)
+    lines = [f"# {title}", ""]
+    if description:
+        lines += [description, ""]
+    lines += [f"Certified at sigma = {sigma}; robustness counted at eps = {eps} (l2, [0, 1] "
+              f"input units). Acc: overall certified accuracy (radius > 0); Rob_cs: sensitive "
+              f"examples with a non-costly prediction and max(R1, R2) > eps; Rob_cs^(std): the "
+              f"same with R1 alone; Rob_non^(std): non-sensitive examples correct with the "
+              f"standard radius > eps. Best value of each column in bold.", ""]
+    table_columns = ["method", "acc", "rob_cs", "rob_cs_std", "rob_non_std", "hparams"]
+    test_groups = _setting_groups(tests)
+    for (dataset, cost), rows in _setting_groups(summary).items():
+        shown = [{**row, "method": METHOD_LABELS.get(row["method"], row["method"])}
+                 for row in rows]
+        seeds = max(int(row.get("seeds", 1)) for row in rows)
+        lines += [f"## {dataset}, cost '{cost}'", "",
+                  f"{rows[0]['examples']} test examples, {rows[0]['sensitive']} sensitive"
+                  + (f"; mean over {seeds} seeds" if seeds > 1 else "") + ".", "",
+                  markdown_table(shown, table_columns, headers={"hparams": "chosen"},
+                                 bold_best=table_columns[1:5]), ""]
+        key = test_groups[(dataset, cost)][0]["key"]
+        curve = plot_method_curves(test_groups[(dataset, cost)], out / f"curves_{key}.png",
+                                   metric="rob_cs", eps_max=eps_max,
+                                   title=f"{dataset}, cost '{cost}': Rob_cs over eps")
+        blind = [t for t in test_groups[(dataset, cost)] if t["method"] in ("cohen", "macer")]
+        lines += [f"![Rob_cs over eps]({curve.name})", ""]
+        if blind:
+            r1r2 = plot_r1_vs_r2(blind, out / f"r1_vs_r2_{key}.png", eps_max=eps_max,
+                                 title=f"{dataset}, cost '{cost}': R1 vs max(R1, R2)")
+            lines += [f"![R1 vs max(R1, R2)]({r1r2.name})", ""]
+    tradeoff = plot_tradeoff(candidates, out / "tradeoff.png")
+    if tradeoff is not None:
+        lines += ["## Acc vs Rob_cs trade-off (validation split)", "",
+                  f"![trade-off]({tradeoff.name})", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,358 @@
+"""Experiments: train and certify every (setting, seed, method, hyperparameters) of a config.
+
+A config (TOML) names data sets with cost matrices, sigma and eps, the methods with their
+hyperparameters (a list is a tuning grid), seeds and the certification budget. A run
+
+1. trains every candidate on the training split minus a validation split (the same data and
+   budget for every method), skipping checkpoints that are already finished;
+2. for methods with a grid, certifies each candidate on the validation split and keeps the one
+   with the highest Rob_cs among those whose validation Acc is within ``max_acc_drop`` of
+   Cohen's (the paper's goal: robustness without giving up accuracy), never looking at the test
+   split;
+3. certifies the chosen model of every method on the test split;
+4. writes ``summary.csv``, ``report.md`` and the plots.
+
+Re-running the same command after a crash continues: finished checkpoints and result rows are
+kept. Cost-blind methods (cohen, macer) are trained once per data set and seed, and certified
+for each cost matrix.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ExperimentConfig", "Setting", "demo_config", "load_config", "parse_config",
+           "run_experiment"]
+
+COST_BLIND = ("cohen", "macer")
+KNOWN_METHODS = ("cohen", "cohen-r", "macer", "csrs")
+SUMMARY_COLUMNS = ("dataset", "cost", "method", "acc", "rob_cs", "rob_cs_std", "rob_non_std",
+                   "acc_sd", "rob_cs_sd", "seeds", "hparams", "examples", "sensitive")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One data set with one cost matrix."""
+
+    dataset: str
+    cost: str
+    arch: str | None = None
+    data_dir: str | None = None
+    image_size: int | None = None
+
+    @property
+    def key(self) -> str:
+        safe = self.cost.replace("->", "to").replace(",", "_").replace(";", "+").replace(" ", "")
+        return f"{self.dataset}_{safe}"
+
+
+@dataclass
+class ExperimentConfig:
+    """A parsed experiment config (see ``experiments/*.toml``)."""
+
+    name: str
+    settings: list[Setting]
+    methods: dict[str, dict[str, list[Any]]]
+    sigma: float = 0.5
+    eps: float = 0.5
+    seeds: list[int] = field(default_factory=lambda: [0])
+    data_seed: int = 0
+    train: dict[str, Any] = field(default_factory=dict)
+    certify: dict[str, Any] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    amp: bool = False
+    description: str = ""
+
+
+_TRAIN_KEYS = {"epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones",
+               "lr_decay"}
+_CERTIFY_DEFAULTS = {"n0": 100, "n": 100_000, "alpha": 0.001, "bounds": "sound", "batch": 1000,
+                     "max_examples": None, "skip": 1}
+_TUNING_DEFAULTS = {"val_fraction": 0.2, "n0": 100, "n": 1000, "max_acc_drop": 0.03,
+                    "max_examples": None}
+_TOP_KEYS = {"name", "description", "sigma", "eps", "seeds", "data_seed", "device", "amp",
+             "settings", "methods", "train", "certify", "tuning"}
+_SETTING_KEYS = {"dataset", "cost", "costs", "arch", "data_dir", "image_size"}
+
+
+def _unknown(given: Mapping[str, Any], known: set[str], where: str) -> None:
+    extra = sorted(set(given) - known)
+    if extra:
+        raise ValueError(f"{where}: unknown key '{extra[0]}'; known keys: "
+                         f"{', '.join(sorted(known))}")
+
+
+def parse_config(data: Mapping[str, Any], *, name: str = "experiment") -> ExperimentConfig:
+    """Validate a config mapping (as read from TOML) and return an ExperimentConfig."""
+    from csrs.data import DATASETS
+    from csrs.objectives import METHOD_DEFAULTS
+
+    _unknown(data, _TOP_KEYS, "config")
+    settings = []
+    for index, entry in enumerate(data.get("settings", [])):
+        where = f"settings[{index}]"
+        _unknown(entry, _SETTING_KEYS, where)
+        dataset = entry.get("dataset")
+        if dataset not in DATASETS:
+            raise ValueError(f"{where}: unknown dataset '{dataset}'; choose from: "
+                             f"{', '.join(sorted(DATASETS))}")
+        costs = entry.get("costs", [entry["cost"]] if "cost" in entry else [])
+        if not costs:
+            raise ValueError(f"{where}: give 'cost' (a spec) or 'costs' (a list of specs)")
+        for cost in costs:
+            settings.append(Setting(dataset, str(cost), entry.get("arch"), entry.get("data_dir"),
+                                    entry.get("image_size")))
+    if not settings:
+        raise ValueError("config: no [[settings]] (data set and cost) given")
+    methods: dict[str, dict[str, list[Any]]] = {}
+    for method, hparams in (data.get("methods") or {}).items():
+        if method not in KNOWN_METHODS:
+            raise ValueError(f"methods: unknown method '{method}'; choose from: "
+                             f"{', '.join(KNOWN_METHODS)}")
+        hparams = dict(hparams or {})
+        _unknown(hparams, set(METHOD_DEFAULTS[method]), f"methods.{method}")
+        methods[method] = {key: value if isinstance(value, list) else [value]
+                           for key, value in hparams.items()}
+    if not methods:
+        raise ValueError("config: no [methods] given")
+    train = dict(data.get("train") or {})
+    _unknown(train, _TRAIN_KEYS, "train")
+    certify = {**_CERTIFY_DEFAULTS, **(data.get("certify") or {})}
+    _unknown(certify, set(_CERTIFY_DEFAULTS), "certify")
+    tuning = {**_TUNING_DEFAULTS, **(data.get("tuning") or {})}
+    _unknown(tuning, set(_TUNING_DEFAULTS), "tuning")
+    config = ExperimentConfig(
+        name=str(data.get("name", name)), description=str(data.get("description", "")),
+        settings=settings, methods=methods, sigma=float(data.get("sigma", 0.5)),
+        eps=float(data.get("eps", 0.5)), seeds=[int(s) for s in data.get("seeds", [0])],
+        data_seed=int(data.get("data_seed", 0)), train=train, certify=certify, tuning=tuning,
+        device=str(data.get("device", "cpu")), amp=bool(data.get("amp", False)))
+    if not config.sigma > 0 or config.eps < 0 or not config.seeds:
+        raise ValueError(f"config: need sigma > 0, eps >= 0 and at least one seed; got sigma "
+                         f"{config.sigma}, eps {config.eps}, seeds {config.seeds}")
+    return config
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a TOML experiment config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"experiment config '{path}' does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"experiment config '{path}' is not valid TOML: {error}") from None
+    return parse_config(data, name=path.stem)
+
+
+def demo_config(*, quick: bool = False) -> ExperimentConfig:
+    """The embedded default experiment of ``csrs demo`` (``demo.toml`` in the package); with
+    ``quick``, a budget of seconds that only checks the pipeline."""
+    from importlib.resources import files
+
+    data = tomllib.loads(files("csrs").joinpath("demo.toml").read_text(encoding="utf-8"))
+    if quick:
+        data["train"] = {**data["train"], "epochs": 1}
+        data["certify"] = {**data["certify"], "n0": 10, "n": 50, "max_examples": 24}
+        data["tuning"] = {**data["tuning"], "n0": 10, "n": 50, "max_examples": 24}
+        data["methods"]["cohen-r"] = {"weight": [1.2, 2.0]}
+        data["methods"]["csrs"] = {"gamma2": [8.0, 16.0]}
+        data["methods"]["macer"] = {"num_noise": 2}
+        data["methods"]["csrs"]["num_noise"] = 2
+    return parse_config(data, name="demo")
+
+
+# -- running ----------------------------------------------------------------------------------
+def _candidates(grid: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = sorted(grid)
+    return [dict(zip(keys, values, strict=True))
+            for values in itertools.product(*(grid[key] for key in keys))]
+
+
+def _tag(hparams: Mapping[str, Any], *, sep: str = "_", eq: str = "-") -> str:
+    """``gamma1-4_gamma2-16`` for file names; ``_tag(h, sep=", ", eq="=")`` for people."""
+    return sep.join(f"{key}{eq}{value:g}" if isinstance(value, (int, float))
+                    else f"{key}{eq}{value}" for key, value in sorted(hparams.items()))
+
+
+@dataclass
+class _Run:
+    """Where one (setting, seed, method, candidate) lives on disk."""
+
+    checkpoint: Path
+    validation: Path
+    hparams: dict[str, Any]
+
+
+class _Progress:
+    """One line per stage on stderr (the per-stage tqdm bars come from train/certify)."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total, self.done, self.quiet, self.start = total, 0, quiet, time.perf_counter()
+
+    def stage(self, text: str) -> None:
+        self.done += 1
+        if not self.quiet:
+            elapsed = time.perf_counter() - self.start
+            print(f"[{self.done}/{self.total} {elapsed:5.0f}s] {text}", file=sys.stderr,
+                  flush=True)
+
+
+def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = False,
+                   log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Run (or continue) every training and certification of ``config`` under ``out``; write
+    the summary, report and plots; return the summary rows."""
+    from csrs.certify import CertifySettings, certify_dataset, select_indices
+    from csrs.checkpoint import load_checkpoint
+    from csrs.costs import CostMatrix
+    from csrs.data import load_dataset, validation_split
+    from csrs.metrics import summarize
+    from csrs.report import write_experiment_report
+    from csrs.results import read_results
+    from csrs.smoothing import SmoothedClassifier
+    from csrs.training import TrainConfig, train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config.__dict__, default=lambda o: o.__dict__,
+                                                indent=2) + "\n")
+    tuning, certify_opts = config.tuning, config.certify
+    # Cohen first: its validation accuracy is the reference for choosing the others' candidates.
+    methods = sorted(config.methods, key=KNOWN_METHODS.index)
+    plan = [(s, seed, m) for s in config.settings for seed in config.seeds for m in methods]
+    progress = _Progress(sum(len(_candidates(config.methods[m])) + 1 for _, _, m in plan), quiet)
+    splits_cache: dict[tuple, Any] = {}
+    results: list[dict[str, Any]] = []
+    candidates_log: list[dict[str, Any]] = []
+
+    def certify_into(checkpoint_path: Path, dataset: Any, cost: CostMatrix, path: Path,
+                     n0: int, n: int, max_examples: int | None, skip: int = 1) -> list[dict]:
+        checkpoint = load_checkpoint(checkpoint_path)
+        smoothed = SmoothedClassifier(checkpoint.build_model(config.device), cost.num_classes,
+                                      config.sigma, device=config.device, amp=config.amp)
+        settings = CertifySettings(n0=n0, n=n, alpha=certify_opts["alpha"],
+                                   bounds=certify_opts["bounds"], sigma=config.sigma,
+                                   cost=cost.spec(), noise_block=smoothed.noise_block)
+        indices = select_indices(len(dataset), skip=skip, max_examples=max_examples)
+        return certify_dataset(smoothed, dataset, cost, settings=settings, indices=indices,
+                               batch_size=certify_opts["batch"], out=path, progress=not quiet)
+
+    for setting, seed, method in plan:
+        key = (setting.dataset, setting.data_dir, setting.image_size)
+        if key not in splits_cache:
+            options = {"image_size": setting.image_size} if setting.image_size else {}
+            splits_cache[key] = (load_dataset(setting.dataset, setting.data_dir,
+                                              seed=config.data_seed, **options), options)
+        splits, options = splits_cache[key]
+        cost = CostMatrix.parse(setting.cost, splits.num_classes, splits.class_names)
+        _, validation = validation_split(splits.train, None, tuning["val_fraction"],
+                                         config.data_seed)
+        runs = []
+        for hparams in _candidates(config.methods[method]):
+            blind = method in COST_BLIND
+            train_cost = splits.default_cost if blind else setting.cost
+            stem = f"{method}{'-' + _tag(hparams) if hparams else ''}-s{seed}"
+            folder = setting.dataset if blind else setting.key
+            run = _Run(out / "checkpoints" / folder / f"{stem}.pt",
+                       out / "validation" / setting.key / f"{stem}.tsv", hparams)
+            done = (run.checkpoint.is_file()
+                    and load_checkpoint(run.checkpoint).meta.get("epoch") ==
+                    config.train.get("epochs"))
+            progress.stage(f"train {method} {_tag(hparams, sep=', ', eq='=') or '(defaults)'} on "
+                           f"{setting.dataset} cost '{train_cost}' seed {seed}"
+                           + (" [done]" if done else ""))
+            if not done:
+                train(TrainConfig(
+                    dataset=setting.dataset, method=method, sigma=config.sigma,
+                    out=run.checkpoint, cost=train_cost, arch=setting.arch,
+                    data_dir=setting.data_dir, seed=seed, device=config.device, amp=config.amp,
+                    resume=True, hparams=hparams, val_fraction=tuning["val_fraction"],
+                    data_options=options, data_seed=config.data_seed, **config.train),
+                    splits=splits, progress=not quiet)
+            runs.append(run)
+        chosen = runs[0]
+        if len(runs) > 1 or (method == "cohen" and len(config.methods) > 1):
+            scores = []
+            for run in runs:
+                rows = certify_into(run.checkpoint, validation, cost, run.validation,
+                                    tuning["n0"], tuning["n"], tuning["max_examples"])
+                scores.append(summarize(rows, config.eps))
+                candidates_log.append({"dataset": setting.dataset, "cost": setting.cost,
+                                       "method": method, "seed": seed,
+                                       "hparams": _tag(run.hparams, sep=", ", eq="="),
+                                       **scores[-1]})
+            reference = next((c["acc"] for c in candidates_log
+                              if c["method"] == "cohen" and c["seed"] == seed
+                              and c["dataset"] == setting.dataset
+                              and c["cost"] == setting.cost), None)
+            chosen = runs[_choose(scores, reference, tuning["max_acc_drop"])]
+        stem = chosen.checkpoint.stem
+        test_path = out / "results" / setting.key / f"{stem}.tsv"
+        progress.stage(f"certify {method} {_tag(chosen.hparams, sep=', ', eq='=') or 'defaults'} "
+                       f"on the test "
+                       f"split of {setting.dataset} for cost '{setting.cost}'")
+        rows = certify_into(chosen.checkpoint, splits.test, cost, test_path,
+                            certify_opts["n0"], certify_opts["n"], certify_opts["max_examples"],
+                            certify_opts["skip"])
+        results.append({"setting": setting, "seed": seed, "method": method,
+                        "hparams": _tag(chosen.hparams, sep=", ", eq="="), "path": test_path,
+                        "summary": summarize(rows, config.eps)})
+        del rows
+    summary = _aggregate(results)
+    tests = [{"key": r["setting"].key, "dataset": r["setting"].dataset,
+              "cost": r["setting"].cost, "method": r["method"], "seed": r["seed"],
+              "rows": read_results(r["path"])} for r in results]
+    write_experiment_report(out, title=config.name, description=config.description,
+                            sigma=config.sigma, eps=config.eps, summary=summary, tests=tests,
+                            candidates=candidates_log, columns=SUMMARY_COLUMNS)
+    if log is not None:
+        log(f"wrote {out / 'summary.csv'} and {out / 'report.md'}")
+    return summary
+
+
+def _choose(scores: list[dict[str, Any]], reference_acc: float | None,
+            max_acc_drop: float) -> int:
+    """Index of the candidate with the highest validation Rob_cs among those whose Acc is within
+    ``max_acc_drop`` of the reference (Cohen's); the most accurate one if none qualifies."""
+    accs = [s["acc"] for s in scores]
+    floor = (reference_acc if reference_acc is not None else max(accs)) - max_acc_drop
+    eligible = [i for i, s in enumerate(scores) if s["acc"] >= floor]
+    if not eligible:
+        return int(np.argmax(accs))
+    return max(eligible, key=lambda i: (_nan_low(scores[i]["rob_cs"]), scores[i]["acc"]))
+
+
+def _nan_low(value: float) -> float:
+    return -1.0 if math.isnan(value) else value
+
+
+def _aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds of each (setting, method)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for result in results:
+        groups.setdefault((result["setting"], result["method"]), []).append(result)
+    rows = []
+    for (setting, method), group in groups.items():
+        summaries = [g["summary"] for g in group]
+        row = {"dataset": setting.dataset, "cost": setting.cost, "method": method,
+               "seeds": len(group), "hparams": " / ".join(sorted({g["hparams"] for g in group})),
+               "examples": summaries[0]["examples"], "sensitive": summaries[0]["sensitive"]}
+        for metric in ("acc", "rob_cs", "rob_cs_std", "rob_non_std"):
+            values = np.array([s[metric] for s in summaries], dtype=float)
+            row[metric] = float(np.mean(values))
+            if metric in ("acc", "rob_cs"):
+                row[f"{metric}_sd"] = float(np.std(values)) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows

@@ -1,0 +1,376 @@
+"""Anytime-valid sequential certification: "is this input certified at eps?" with few samples.
+
+Fixed-n certification (Algorithm 1, Cohen's CERTIFY) spends n = 100,000 samples on every input.
+A sequential test looks at the counts as they grow and stops as soon as the answer is clear:
+"certified" when a lower confidence bound on the radius exceeds eps, "futile" when even
+optimistic (upper confidence) rates could no longer be certified at eps by n_max, "budget" at
+n_max. Pure NumPy/SciPy (no torch), so that the guarantee can be checked on simulated counts
+whose true probabilities are known.
+
+The guarantee (NOTES.md, "what sound means here"), whatever the stopping time: for every input,
+
+    P(certified at eps and R*(p) <= eps) <= alpha.
+
+Optional stopping breaks naive fixed-n bounds: testing at full alpha after every batch certifies
+false claims several times more often than alpha. Here alpha is spent once, across time, classes
+and radii; see :class:`SequentialTest` for the accounting of each ``method``:
+
+- ``"looks"``: Clopper-Pearson bounds at a geometric schedule of looks, alpha split over them;
+- ``"mixture"``: a one-sided Beta-mixture confidence sequence (valid at every n by Ville's
+  inequality), so no alpha is spent on the number of looks.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from scipy.special import betaincc, betaincinv, betaln, ndtri
+
+from csrs.stats import ABSTAIN
+
+__all__ = [
+    "ABSTAIN",
+    "ADAPTIVE_COLUMNS",
+    "METHODS",
+    "Decision",
+    "SequentialTest",
+    "look_schedule",
+    "mixture_lower",
+    "run_test",
+    "summarize_decisions",
+]
+
+Method = Literal["looks", "mixture"]
+METHODS: tuple[str, ...] = ("looks", "mixture")
+DEFAULT_METHOD: Method = "looks"
+LOOK_FIRST, LOOK_GROWTH = 64, 1.25  # the default look schedule: 64, 80, 100, ... , n_max
+
+# The per-example TSV of adaptive certification. ``predict``/``correct`` are the standard decision
+# at radius 0 (for Acc); ``certified`` is the decision at ``eps`` (cost-sensitive for sensitive
+# examples, standard for the others), whose bounds, radius bounds and stop reason follow.
+ADAPTIVE_COLUMNS = ("idx", "label", "predict", "correct", "sensitive", "certified", "samples",
+                    "eps", "candidate", "costly", "p_a_lower", "p_b_upper", "radius_lower",
+                    "radius_upper", "stopped", "time")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one sequential test of "certified at eps".
+
+    ``prediction`` is the candidate class c_A when certified, c_A when it is costly (never
+    certified; no estimation samples are spent on it), otherwise ``ABSTAIN``. ``samples`` counts
+    every forward pass, selection included. ``p_a_lower``/``p_b_upper`` and ``radius_lower`` are
+    the certifying bounds at the stop (0, 1, -inf at a look that spends no alpha);
+    ``radius_upper`` is the futility bound: the radius the last look (n_max) would certify if the
+    votes came at the optimistic rates of upper confidence bounds. ``stopped`` is
+    ``"certified"``, ``"futile"`` (``radius_upper <= eps``) or ``"budget"`` (n_max reached
+    undecided).
+    """
+
+    certified: bool
+    prediction: int
+    samples: int
+    p_a_lower: float
+    p_b_upper: float
+    radius_lower: float
+    radius_upper: float
+    stopped: str
+
+
+def look_schedule(n_max: int, *, first: int = LOOK_FIRST,
+                  growth: float = LOOK_GROWTH) -> tuple[int, ...]:
+    """Return the estimation sample counts at which a test looks: first, first*growth, ...,
+    rounded, strictly increasing, ending exactly at ``n_max``."""
+    if not isinstance(n_max, (int, np.integer)) or n_max < 1:
+        raise ValueError(f"n_max must be a positive integer; got {n_max!r}")
+    if first < 1 or not growth > 1:
+        raise ValueError(f"need first >= 1 and growth > 1; got first={first}, growth={growth}")
+    looks, size = [], float(first)
+    while round(size) < n_max:
+        if not looks or round(size) > looks[-1]:
+            looks.append(round(size))
+        size *= growth
+    if looks and looks[-1] * math.sqrt(growth) > n_max:  # a look just before n_max adds little
+        looks.pop()
+    return (*looks, int(n_max))
+
+
+# -- one-sided bounds on a binomial proportion ---------------------------------------------------
+def _cp_lower(successes: float, trials: int, level: float) -> float:
+    """Clopper-Pearson lower bound (as csrs.stats.clopper_pearson_lower, via the fast ufunc)."""
+    return 0.0 if successes <= 0 else float(betaincinv(successes, trials - successes + 1, level))
+
+
+def _mixture_log_e(q: float, successes: float, trials: int) -> tuple[float, float]:
+    """Return log E_n(q) and its derivative in q, where E_n(q) is the uniform-prior mixture
+    likelihood ratio of p in (q, 1] against p = q (see :func:`mixture_lower`)."""
+    failures = trials - successes
+    tail = float(betaincc(successes + 1, failures + 1, q))
+    if tail <= 0:
+        return -math.inf, 0.0
+    log_beta = float(betaln(successes + 1, failures + 1))
+    log_likelihood = successes * math.log(q) + failures * math.log1p(-q)
+    value = log_beta + math.log(tail) - math.log1p(-q) - log_likelihood
+    hazard = math.exp(log_likelihood - log_beta - math.log(tail))
+    return value, -hazard + 1 / (1 - q) - (successes - trials * q) / (q * (1 - q))
+
+
+def mixture_lower(successes: float, trials: int, level: float) -> float:
+    """Return an anytime-valid lower confidence bound on p from Bernoulli(p) counts.
+
+    E_n(q) = int_{(q,1]} prod_i (x/q)^{X_i} ((1-x)/(1-q))^{1-X_i} dx / (1-q) mixes likelihood
+    ratios with a uniform prior truncated to (q, 1]; at q = p it is a nonnegative martingale
+    with mean 1, so by Ville's inequality P(exists n: E_n(p) >= 1/level) <= level. E_n(q) is
+    decreasing on (0, k/(n+1)] (its log-derivative is below ((n+1)q - k)/(q(1-q))), so the bound
+    L_n, the crossing E_n(L_n) = 1/level there (capped at k/(n+1)), satisfies
+    P(exists n: p < L_n) <= level, at every n and for any stopping rule. The root is found by
+    Newton steps kept inside a bracket, and the returned point always has E_n >= 1/level.
+    """
+    if successes <= 0:
+        return 0.0
+    target = -math.log(level)
+    cap = successes / (trials + 1)
+    if _mixture_log_e(cap, successes, trials)[0] >= target:
+        return cap
+    safe, unsafe = 0.0, cap  # E_n >= 1/level at safe (q -> 0 gives +inf), < 1/level at unsafe
+    q = min(max(_cp_lower(successes, trials, level), cap * 1e-6), cap * (1 - 1e-9))
+    for _ in range(200):
+        value, slope = _mixture_log_e(q, successes, trials)
+        excess = value - target
+        if excess >= 0:
+            safe = q
+            if excess < 1e-9:
+                break
+        else:
+            unsafe = q
+        if unsafe - safe <= 1e-15 * unsafe:
+            break
+        step = q - excess / slope if slope < 0 else math.nan
+        q = step if safe < step < unsafe else (safe + unsafe) / 2
+    return safe
+
+
+_LOWER: dict[str, Callable[[float, int, float], float]] = {"looks": _cp_lower,
+                                                         "mixture": mixture_lower}
+
+
+class SequentialTest:
+    """A sequential test of H0 "R*(p) <= eps" for one input, fed with growing class counts.
+
+    Built from the selection counts (n0 samples; they only choose the candidate c_A = their
+    argmax and never enter the bounds), then ``update(counts)`` with the cumulative estimation
+    counts at each look of ``looks`` in turn, until ``decision`` is set.
+
+    ``costly=None`` is the standard certificate (Omega = every class but c_A), decided on
+    R1 = sigma * PhiInv(pA_lower) alone: H0 "p_A <= Phi(eps/sigma)", one one-sided test of one
+    proportion. With a costly set Omega_y, c_A in Omega_y is never certified; otherwise the test
+    certifies when max(R1, R2) > eps with R2 = sigma/2 (PhiInv(pA_lower) - PhiInv(pB_upper)).
+    Both imply R*(p) > eps when the bounds hold (R*(p) >= R2(p_A, p_B) >= R1(p_A), since
+    p_A <= max_{c not in Omega} p_c and p_B <= 1 - p_A). With two classes R2 = R1, so the test
+    uses R1 alone there.
+
+    Alpha accounting (each share holds simultaneously over all looks, so the union bound gives
+    P(certified falsely) <= alpha for any stopping time):
+
+    - ``"mixture"``: anytime-valid confidence sequences (:func:`mixture_lower`), valid at every
+      n. R1 alone: pA_lower at alpha. R1 or R2: pA_lower at alpha/2 (shared by R1 and R2) and
+      an upper bound on each p_k, k in Omega, at alpha/(2|Omega|) (Bonferroni).
+    - ``"looks"``: one-sided Clopper-Pearson at look j with alpha_j; sum_j alpha_j = alpha,
+      split between p_A and Omega as above. alpha_j = alpha/J' on the last J' looks, where the
+      first of them is the first look at which unanimous votes for c_A could certify: earlier
+      looks cannot certify anything and get no alpha.
+
+    Futility costs no soundness (stopping to say "not certified" never makes a false claim),
+    only power. At each look, upper confidence bounds on p_A and lower bounds on each p_k (same
+    construction, level alpha per look, split as above) give optimistic rates; if the last look
+    (n_max) would not certify eps even with votes at those rates, the test stops as futile. So a
+    certifiable input is lost to futility only when a futility bound fails (<= alpha per look)
+    or when its radius is so close to eps that n_max samples would rarely certify it anyway.
+    If unanimous votes at n_max could not certify, the test stops at once as futile.
+    """
+
+    def __init__(self, selection_counts: Sequence[int] | np.ndarray, *, eps: float,
+                 sigma: float, alpha: float, costly: Sequence[int] | None = None,
+                 n_max: int = 100_000, method: Method = DEFAULT_METHOD,
+                 looks: Sequence[int] | None = None) -> None:
+        selection = _counts(selection_counts, "selection_counts")
+        if selection.sum() == 0:
+            raise ValueError("selection_counts are all zero; need n0 >= 1 samples")
+        if not (isinstance(eps, (int, float)) and eps >= 0 and math.isfinite(eps)):
+            raise ValueError(f"eps must be a finite number >= 0; got {eps!r}")
+        if not (isinstance(sigma, (int, float)) and sigma > 0 and math.isfinite(sigma)):
+            raise ValueError(f"sigma must be a positive number; got {sigma!r}")
+        if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+            raise ValueError(f"alpha must be in (0, 1); got {alpha!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+        self.looks = tuple(int(n) for n in (look_schedule(n_max) if looks is None else looks))
+        if (not self.looks or self.looks[0] < 1 or self.looks[-1] != n_max
+                or any(b <= a for a, b in zip(self.looks, self.looks[1:], strict=False))):
+            raise ValueError(f"looks must increase strictly from >= 1 to n_max={n_max}; "
+                             f"got {self.looks[:3]}...{self.looks[-1:]}")
+        self.num_classes = selection.size
+        self.candidate = int(np.argmax(selection))
+        self.selection_samples = int(selection.sum())
+        self.eps, self.sigma, self.alpha, self.method = float(eps), float(sigma), alpha, method
+        self.n_max = int(n_max)
+        if costly is None:
+            omega = [k for k in range(self.num_classes) if k != self.candidate]
+        else:
+            omega = sorted({int(k) for k in costly})
+            if not omega:
+                raise ValueError("costly set Omega_y is empty: a non-sensitive example has no "
+                                 "cost-sensitive certificate; pass costly=None for the standard")
+            bad = [k for k in omega if not 0 <= k < self.num_classes]
+            if bad:
+                raise ValueError(f"costly class {bad[0]} does not exist; classes are "
+                                 f"0..{self.num_classes - 1}")
+        self.costly = omega
+        self.r1_only = costly is None or self.num_classes == 2
+        self._lower = _LOWER[method]
+        self._step = 0
+        self._levels = self._certify_levels()
+        self._futility_level = alpha
+        self.decision: Decision | None = None
+        if self.candidate in omega or not any(self._levels):
+            prediction = self.candidate if self.candidate in omega else ABSTAIN
+            self.decision = Decision(False, prediction, self.selection_samples, 0.0, 1.0,
+                                     -math.inf, math.inf, "futile")
+
+    @property
+    def next_look(self) -> int:
+        """The cumulative number of estimation samples the next ``update`` must be given."""
+        return self.looks[self._step]
+
+    def update(self, counts: Sequence[int] | np.ndarray) -> Decision | None:
+        """Feed the cumulative estimation counts at ``next_look``; return the decision if the
+        test stops here, else None (then sample up to the new ``next_look``)."""
+        if self.decision is not None:
+            raise RuntimeError("this test has already stopped; read .decision")
+        estimation = _counts(counts, "counts")
+        n = int(estimation.sum())
+        if estimation.size != self.num_classes or n != self.next_look:
+            raise ValueError(f"expected counts of {self.next_look} samples over "
+                             f"{self.num_classes} classes; got {n} over {estimation.size}")
+        level = self._levels[self._step]
+        if level > 0:
+            p_a_lower, p_b_upper, radius_lower = self._certify_bounds(estimation, n, level)
+        else:
+            p_a_lower, p_b_upper, radius_lower = 0.0, 1.0, -math.inf
+        radius_upper = self._futility_bound(estimation, n)
+        self._step += 1
+        if radius_lower > self.eps:
+            stopped = "certified"
+        elif radius_upper <= self.eps:
+            stopped = "futile"
+        elif n == self.n_max:
+            stopped = "budget"
+        else:
+            return None
+        certified = stopped == "certified"
+        self.decision = Decision(certified, self.candidate if certified else ABSTAIN,
+                                 self.selection_samples + n, p_a_lower, p_b_upper,
+                                 radius_lower, radius_upper, stopped)
+        return self.decision
+
+    # -- bounds -----------------------------------------------------------------------------
+    def _certify_bounds(self, counts: np.ndarray, n: int,
+                        level: float) -> tuple[float, float, float]:
+        """Return (pA_lower, pB_upper, max(R1, R2)) with this look's share ``level`` of alpha
+        (counts may be fractional: the futility rule asks about expected counts)."""
+        if self.r1_only:
+            p_a_lower = self._lower(counts[self.candidate], n, level)
+            return p_a_lower, 1.0 - p_a_lower, self.sigma * float(ndtri(p_a_lower))
+        p_a_lower = self._lower(counts[self.candidate], n, level / 2)
+        share = level / (2 * len(self.costly))
+        p_b_upper = max(1.0 - self._lower(n - counts[k], n, share) for k in self.costly)
+        phi_a = float(ndtri(p_a_lower))
+        return p_a_lower, p_b_upper, max(self.sigma * phi_a,
+                                         self.sigma / 2 * (phi_a - float(ndtri(p_b_upper))))
+
+    def _futility_bound(self, counts: np.ndarray, n: int) -> float:
+        """Return the radius the final look (n_max) would certify if the votes came at the
+        optimistic rates of the futility bounds (p_A at its upper bound, each p_k, k in Omega, at
+        its lower bound): when even this is <= eps, the test is futile."""
+        level = self._futility_level
+        rates = np.zeros(self.num_classes)
+        share_a = level if self.r1_only else level / 2
+        rates[self.candidate] = 1.0 - self._lower(n - counts[self.candidate], n, share_a)
+        if not self.r1_only:
+            share = level / (2 * len(self.costly))
+            for k in self.costly:
+                rates[k] = self._lower(counts[k], n, share)
+        return self._certify_bounds(rates * self.n_max, self.n_max, self._levels[-1])[2]
+
+    def _certify_levels(self) -> list[float]:
+        """Return the alpha spent at each look (see the class docstring)."""
+        if self.method == "mixture":
+            unanimous = np.zeros(self.num_classes, dtype=np.int64)
+            unanimous[self.candidate] = self.n_max
+            possible = self._certify_bounds(unanimous, self.n_max, self.alpha)[2] > self.eps
+            return [self.alpha if possible else 0.0] * len(self.looks)
+        total = len(self.looks)
+        for first, n in enumerate(self.looks):
+            unanimous = np.zeros(self.num_classes, dtype=np.int64)
+            unanimous[self.candidate] = n
+            level = self.alpha / (total - first)
+            if self._certify_bounds(unanimous, n, level)[2] > self.eps:
+                return [0.0] * first + [level] * (total - first)
+        return [0.0] * total
+
+
+def run_test(test: SequentialTest, draw: Callable[[int, int], np.ndarray]) -> Decision:
+    """Drive ``test`` to its decision; ``draw(start, stop)`` returns the class counts of
+    estimation samples start..stop-1 (so a caller can keep one reproducible noise stream)."""
+    counts = np.zeros(test.num_classes, dtype=np.int64)
+    done = 0
+    while test.decision is None:
+        counts = counts + np.asarray(draw(done, test.next_look), dtype=np.int64)
+        done = test.next_look
+        test.update(counts)
+    return test.decision
+
+
+def summarize_decisions(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Return Acc, Rob_cs and Rob_non^(std) at the rows' eps, and the samples per example.
+
+    From adaptive result rows (values as strings, see ``ADAPTIVE_COLUMNS``), with the
+    definitions of csrs.metrics: Acc = correct at radius 0 over all examples; Rob_cs = certified
+    at eps over sensitive examples (a costly or abstained prediction never is); Rob_non^(std) =
+    correct and certified at eps over non-sensitive examples. A fraction of an empty group is NaN.
+    """
+    if not rows:
+        raise ValueError("no result rows to summarize")
+    eps_values = {float(row["eps"]) for row in rows}
+    if len(eps_values) != 1:
+        raise ValueError(f"rows mix several eps values: {sorted(eps_values)}")
+    correct = np.array([row["correct"] == "1" for row in rows])
+    certified = np.array([row["certified"] == "1" for row in rows])
+    sensitive = np.array([row["sensitive"] == "1" for row in rows])
+    samples = [int(row["samples"]) for row in rows]
+
+    def fraction(hits: np.ndarray, group: np.ndarray) -> float:
+        return float(hits[group].mean()) if group.any() else float("nan")
+
+    return {"eps": eps_values.pop(), "acc": float(correct.mean()),
+            "rob_cs": fraction(certified, sensitive),
+            "rob_non_std": fraction(correct & certified, ~sensitive),
+            "examples": len(rows), "sensitive": int(sensitive.sum()),
+            "non_sensitive": int((~sensitive).sum()),
+            "mean_samples": statistics.fmean(samples),
+            "median_samples": statistics.median(samples)}
+
+
+def _counts(counts: Sequence[int] | np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(counts)
+    if array.ndim != 1 or array.size < 2:
+        raise ValueError(f"{name} must be a 1-D array of at least 2 class counts; "
+                         f"got shape {array.shape}")
+    if (array < 0).any() or not np.all(np.mod(array, 1) == 0):
+        raise ValueError(f"{name} must be non-negative integers; got {array.tolist()}")
+    return array.astype(np.int64)
