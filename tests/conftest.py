@@ -8,6 +8,10 @@ from csrs.costs import CostMatrix
 from csrs.data import load_dataset
 from csrs.models import build_model
 
+# The test models are tiny: one thread is as fast, and OpenMP threads that wait on a busy core
+# (another job on a 2-core machine) slow small kernels down by an order of magnitude.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def digits():

@@ -7,6 +7,7 @@ traceback; everything already written (result rows, checkpoints) stays on disk.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -101,6 +102,11 @@ def _add_certify(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
+    parser.add_argument("--eps", type=_nonnegative_float, default=None,
+                        help="radius to decide at (with --convex)")
+    parser.add_argument("--convex", action="store_true",
+                        help="Zhang & Evans's deterministic certificate at --eps from convex "
+                             "(dual network) bounds instead of randomized smoothing; no alpha")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_certify)
 
@@ -124,18 +130,38 @@ def _run_certify(args: argparse.Namespace) -> int:
         return _fail(f"dataset '{splits.name}' has {splits.num_classes} classes; the "
                      f"checkpoint's model has {checkpoint.num_classes}")
     dataset = splits.test if args.split == "test" else splits.train
+    indices = select_indices(len(dataset), skip=args.skip, max_examples=args.max)
+    if args.convex:
+        return _certify_convex(args, checkpoint, dataset, cost, indices)
     sigma = args.sigma or checkpoint.sigma
     smoothed = SmoothedClassifier(checkpoint.build_model(args.device), checkpoint.num_classes,
                                   sigma, device=args.device, seed=args.seed, amp=args.amp)
     settings = CertifySettings(n0=args.n0, n=args.n, alpha=args.alpha, bounds=args.bounds,
                                sigma=sigma, seed=args.seed, cost=cost.spec(),
                                noise_block=smoothed.noise_block)
-    indices = select_indices(len(dataset), skip=args.skip, max_examples=args.max)
     rows = certify_dataset(smoothed, dataset, cost, settings=settings, indices=indices,
                            batch_size=args.batch, out=args.out, progress=not args.quiet)
     summary = summarize(rows, 0.0)
     print(f"certified {summary['examples']} examples ({summary['sensitive']} sensitive) "
           f"-> {args.out}; Acc {summary['acc']:.3f}. Next: csrs report {args.out}")
+    return 0
+
+
+def _certify_convex(args: argparse.Namespace, checkpoint, dataset, cost, indices) -> int:
+    from csrs.convex import certify_dataset_convex, check_convex_supported
+    from csrs.metrics import summarize_decisions
+
+    if args.eps is None:
+        return _fail("--convex needs --eps, the l2 radius to certify")
+    model = checkpoint.build_model(args.device)
+    check_convex_supported(model, tuple(checkpoint.meta["input_shape"]))
+    rows = certify_dataset_convex(model, dataset, cost, eps=args.eps,
+                                  batch_size=min(args.batch, 256), indices=indices, out=args.out,
+                                  progress=not args.quiet)
+    summary = summarize_decisions(rows)
+    print(f"certified {summary['examples']} examples at eps {args.eps} (convex bounds) -> "
+          f"{args.out}; clean Acc {summary['acc']:.3f}, Rob_cs {summary['rob_cs']:.3f}. "
+          f"Next: csrs report {args.out}")
     return 0
 
 
@@ -167,6 +193,8 @@ def _run_report(args: argparse.Namespace) -> int:
         if not results[name]:
             return _fail(f"results file '{path}' has no finished rows yet")
     out = args.out or args.results[0].with_name(args.results[0].stem + "-report")
+    if any("certified" in rows[0] for rows in results.values()):
+        return _report_decisions(results, out)
     rows = summary_rows(results, args.eps)
     columns = ["results", "examples", "sensitive", "acc", "rob_cs", "rob_cs_std", "rob_non_std"]
     print(f"certified robustness at eps = {args.eps}")
@@ -183,6 +211,23 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_decisions(results: dict[str, list[dict]], out: Path) -> int:
+    """Report files whose rows are decisions at one eps (adaptive or convex certification)."""
+    from csrs.metrics import summarize_decisions
+    from csrs.report import markdown_table, write_csv
+
+    rows = [{"results": name, **summarize_decisions(res)} for name, res in results.items()]
+    columns = ["results", "eps", "examples", "sensitive", "acc", "rob_cs", "rob_non_std"]
+    if any(not math.isnan(row["mean_samples"]) for row in rows):
+        columns += ["mean_samples", "median_samples"]
+    print("decisions at the eps each file was certified for")
+    print(markdown_table(rows, columns, headers={"mean_samples": "mean samples",
+                                                 "median_samples": "median samples"}))
+    write_csv(out / "summary.csv", rows, columns)
+    print(f"wrote {out / 'summary.csv'}")
+    return 0
+
+
 # -- train ------------------------------------------------------------------------------------
 # Method flags: (flag, hyperparameter name, type, help with the paper's symbol).
 _METHOD_FLAGS = [
@@ -196,6 +241,11 @@ _METHOD_FLAGS = [
     ("--gamma2", "gamma2", float, "gamma_2, hinge threshold for sensitive examples, I3 (csrs; "
                                   "default 16)"),
     ("--lam", "lam", float, "lambda, weight of the robustness terms (macer, csrs; default 12)"),
+    ("--eps", "eps", float, "eps, l2 radius of the convex robust loss (zhang-evans; default "
+                            "0.25)"),
+    ("--kappa", "kappa", float, "kappa, weight of the robust loss (zhang-evans; default 1)"),
+    ("--eps-warmup", "eps_warmup", int, "epochs over which eps grows linearly to --eps "
+                                        "(zhang-evans; default 5)"),
 ]
 
 
@@ -219,8 +269,12 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                     "carries everything 'csrs certify' needs.")
     parser.add_argument("--dataset", required=True, help="digits, breast-cancer, cifar10, "
                         "imagenette, ham10000, folder or npz")
-    parser.add_argument("--method", required=True, help="cohen, cohen-r, macer or csrs")
-    parser.add_argument("--sigma", type=_positive_float, required=True, help="noise level")
+    parser.add_argument("--method", required=True,
+                        help="cohen, cohen-r, macer, csrs or zhang-evans")
+    parser.add_argument("--sigma", type=_positive_float, default=None,
+                        help="noise level (required, except for zhang-evans, which adds no "
+                             "noise; there it only sets the sigma of a later smoothed "
+                             "certification, default 0.5)")
     parser.add_argument("--epochs", type=_positive_int, required=True)
     parser.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     parser.add_argument("--cost", help="cost spec, e.g. '3', '3->5,8', 'malignant->benign' "
@@ -236,6 +290,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--milestones", type=_milestones, default=None,
                         help="epochs at which the lr is multiplied by --lr-decay, e.g. '200,400'")
     parser.add_argument("--lr-decay", type=_positive_float, default=0.1)
+    parser.add_argument("--warmup-epochs", type=int, default=0,
+                        help="train the first epochs with lambda = 0 (macer, csrs; default 0)")
     parser.add_argument("--val-fraction", type=_nonnegative_float, default=0.0,
                         help="hold out this stratified fraction of the training split")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
@@ -257,18 +313,22 @@ def _run_train(args: argparse.Namespace) -> int:
 
     hparams = {name: getattr(args, name) for _, name, _, _ in _METHOD_FLAGS
                if getattr(args, name) is not None}
+    if args.sigma is None and args.method != "zhang-evans":
+        return _fail(f"csrs train: --sigma is required for method '{args.method}'")
     data_options = {"image_size": args.image_size} if args.image_size else {}
     config = TrainConfig(
-        dataset=args.dataset, method=args.method, sigma=args.sigma, epochs=args.epochs,
+        dataset=args.dataset, method=args.method, sigma=args.sigma or 0.5, epochs=args.epochs,
         out=args.out, cost=args.cost, arch=args.arch, data_dir=args.data_dir,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, milestones=args.milestones, lr_decay=args.lr_decay,
         seed=args.seed, device=args.device, amp=args.amp, resume=args.resume, hparams=hparams,
-        val_fraction=args.val_fraction, data_options=data_options, data_seed=args.data_seed)
+        val_fraction=args.val_fraction, data_options=data_options, data_seed=args.data_seed,
+        warmup_epochs=args.warmup_epochs)
     result = train(config, progress=not args.quiet)
     last = result.history[-1] if result.history else {}
+    kind = "clean" if args.method == "zhang-evans" else "noisy"
     print(f"trained {args.method} on {args.dataset} for {result.epochs} epochs -> {result.path}"
-          + (f"; noisy train accuracy {last['acc']:.3f}" if "acc" in last else "")
+          + (f"; {kind} train accuracy {last['acc']:.3f}" if "acc" in last else "")
           + f". Next: csrs certify {result.path} --out results.tsv")
     return 0
 

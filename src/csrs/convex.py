@@ -124,11 +124,11 @@ class _NormalizedLinear(nn.Linear):
         self.register_buffer("shift", shift)
 
     @property
-    def weight(self) -> Tensor:  # type: ignore[override]
+    def weight(self) -> Tensor:
         return self.linear.weight * self.scale
 
     @property
-    def bias(self) -> Tensor:  # type: ignore[override]
+    def bias(self) -> Tensor:
         shifted = self.linear.weight @ self.shift
         return shifted if self.linear.bias is None else self.linear.bias + shifted
 
@@ -163,8 +163,8 @@ def _conv_shape(layer: nn.Conv2d, shape: tuple[int, ...]) -> tuple[int, ...]:
     for side, kernel, stride, padding in zip(shape[1:], layer.kernel_size, layer.stride,
                                              layer.padding, strict=True):
         if (side + 2 * padding - kernel) % stride:
-            raise _unsupported(layer, f"input side {side} + 2*padding - kernel is not a "
-                                      f"multiple of the stride, e.g. kernel 4, stride 2, "
+            raise _unsupported(layer, f"input side {side} + 2*padding - kernel must be a "
+                                      f"multiple of the stride, as for kernel 4, stride 2, "
                                       f"padding 1 on even sides")
         sides.append((side + 2 * padding - kernel) // stride + 1)
     return (layer.out_channels, *sides)
@@ -175,7 +175,7 @@ def _fold_normalize(norm: Normalize, following: list[nn.Module],
     """Returns ``following`` with ``norm`` folded into its first linear layer (exact)."""
     flatten = following[:1] if following and isinstance(following[0], nn.Flatten) else []
     linear = following[len(flatten)] if len(following) > len(flatten) else None
-    if not isinstance(linear, nn.Linear) or isinstance(linear, _NormalizedLinear):
+    if not isinstance(linear, nn.Linear):
         raise ValueError("input normalisation can be folded only into a following Linear layer; "
                          "build convolutional convex models with mean=None, std=None (inputs "
                          "in [0, 1])")

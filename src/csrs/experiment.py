@@ -74,16 +74,17 @@ class ExperimentConfig:
     device: str = "cpu"
     amp: bool = False
     description: str = ""
+    threads: int | None = None
 
 
 _TRAIN_KEYS = {"epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones",
-               "lr_decay"}
+               "lr_decay", "warmup_epochs"}
 _CERTIFY_DEFAULTS = {"n0": 100, "n": 100_000, "alpha": 0.001, "bounds": "sound", "batch": 1000,
                      "max_examples": None, "skip": 1}
 _TUNING_DEFAULTS = {"val_fraction": 0.2, "n0": 100, "n": 1000, "max_acc_drop": 0.03,
                     "max_examples": None}
 _TOP_KEYS = {"name", "description", "sigma", "eps", "seeds", "data_seed", "device", "amp",
-             "settings", "methods", "train", "certify", "tuning"}
+             "threads", "settings", "methods", "train", "certify", "tuning"}
 _SETTING_KEYS = {"dataset", "cost", "costs", "arch", "data_dir", "image_size"}
 
 
@@ -138,7 +139,8 @@ def parse_config(data: Mapping[str, Any], *, name: str = "experiment") -> Experi
         settings=settings, methods=methods, sigma=float(data.get("sigma", 0.5)),
         eps=float(data.get("eps", 0.5)), seeds=[int(s) for s in data.get("seeds", [0])],
         data_seed=int(data.get("data_seed", 0)), train=train, certify=certify, tuning=tuning,
-        device=str(data.get("device", "cpu")), amp=bool(data.get("amp", False)))
+        device=str(data.get("device", "cpu")), amp=bool(data.get("amp", False)),
+        threads=int(data["threads"]) if "threads" in data else None)
     if not config.sigma > 0 or config.eps < 0 or not config.seeds:
         raise ValueError(f"config: need sigma > 0, eps >= 0 and at least one seed; got sigma "
                          f"{config.sigma}, eps {config.eps}, seeds {config.seeds}")
@@ -214,6 +216,8 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
                    log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Run (or continue) every training and certification of ``config`` under ``out``; write
     the summary, report and plots; return the summary rows."""
+    import torch
+
     from csrs.certify import CertifySettings, certify_dataset, select_indices
     from csrs.checkpoint import load_checkpoint
     from csrs.costs import CostMatrix
@@ -224,6 +228,10 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
     from csrs.smoothing import SmoothedClassifier
     from csrs.training import TrainConfig, train
 
+    if config.threads is not None:
+        # Tiny models gain nothing from intra-op threads, and OpenMP threads that wait on a
+        # busy core slow every small kernel down by an order of magnitude.
+        torch.set_num_threads(config.threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config.__dict__, default=lambda o: o.__dict__,

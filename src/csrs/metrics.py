@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ResultArrays", "curves", "per_class", "summarize"]
+__all__ = ["ResultArrays", "curves", "per_class", "summarize", "summarize_decisions"]
 
 METRICS = ("acc", "rob_cs", "rob_cs_std", "rob_non_std")
 
@@ -112,3 +112,31 @@ def per_class(rows: Sequence[Mapping[str, Any]] | ResultArrays,
                       "sensitive": bool(subset.sensitive.any()),
                       **_metrics_at(subset, eps)})
     return table
+
+
+def summarize_decisions(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Return Acc, Rob_cs and Rob_non^(std) from rows that hold decisions at one eps.
+
+    Adaptive (sequential) and convex certification decide "certified at eps" per example
+    instead of reporting a radius: ``certified`` is the cost-sensitive decision for sensitive
+    examples and the standard one for the others; ``correct`` is the accuracy decision. Rob_cs^(std)
+    needs radii and is NaN here. With a ``samples`` column, the mean and median samples too.
+    """
+    sensitive = _ints([row.get("sensitive", "") for row in rows], 0).astype(bool)
+    certified = _ints([row.get("certified", "") for row in rows], 0).astype(bool)
+    correct = _ints([row.get("correct", "") for row in rows], 0).astype(bool)
+    samples = _floats([row.get("samples", "") for row in rows])
+    eps_values = sorted({str(row.get("eps", "")) for row in rows} - {""})
+    everyone = np.ones(len(rows), dtype=bool)
+    has_samples = bool(len(rows)) and not np.isnan(samples).any()
+    return {
+        "eps": float(eps_values[0]) if len(eps_values) == 1 else float("nan"),
+        "examples": len(rows), "sensitive": int(sensitive.sum()),
+        "non_sensitive": int((~sensitive).sum()),
+        "acc": _fraction(correct, everyone),
+        "rob_cs": _fraction(certified, sensitive),
+        "rob_cs_std": float("nan"),
+        "rob_non_std": _fraction(certified & correct, ~sensitive),
+        "mean_samples": float(samples.mean()) if has_samples else float("nan"),
+        "median_samples": float(np.median(samples)) if has_samples else float("nan"),
+    }

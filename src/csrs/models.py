@@ -243,6 +243,17 @@ def resnet18(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
 # ---------------------------------------------------------------------------------------------
 # Registry and the public constructor
 
+def _convex(name: str) -> Callable[..., nn.Module]:
+    """A builder from :data:`csrs.convex.CONVEX_ARCHITECTURES`, imported on first use."""
+
+    def build(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+        from csrs.convex import CONVEX_ARCHITECTURES
+
+        return CONVEX_ARCHITECTURES[name](num_classes, input_shape)
+
+    return build
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "linear": linear,
     "mlp": mlp,
@@ -252,6 +263,9 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "cifar-resnet56": partial(cifar_resnet, depth=56),
     "cifar-resnet110": partial(cifar_resnet, depth=110),
     "resnet18": resnet18,
+    # Linear/Conv/ReLU only, for Zhang & Evans's convex bounds (method zhang-evans).
+    "convex-mlp": _convex("convex-mlp"),
+    "convex-cnn": _convex("convex-cnn"),
 }
 
 

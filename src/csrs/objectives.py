@@ -269,6 +269,20 @@ def csrs(model: nn.Module, x: Tensor, y: Tensor, costly_mask: Tensor, sigma: flo
                      accuracy)
 
 
+def zhang_evans(model: nn.Module, x: Tensor, y: Tensor, costly_mask: Tensor, sigma: float,
+                generator: torch.Generator | None = None, *, eps: float = 0.25,
+                kappa: float = 1.0, eps_warmup: int = 5) -> LossParts:
+    """Zhang & Evans (2019): clean CE + kappa * convex-bound robust loss on the costly pairs.
+
+    No noise (``sigma`` and ``generator`` are unused): the l2 ball of radius ``eps`` is bounded
+    by Wong & Kolter's dual network (:mod:`csrs.convex`). The training loop ramps ``eps`` up
+    over the first ``eps_warmup`` epochs.
+    """
+    from csrs.convex import zhang_evans_objective
+
+    return zhang_evans_objective(model, x, y, costly_mask, eps=eps, kappa=kappa)
+
+
 Objective = Callable[..., LossParts]
 
 OBJECTIVES: dict[str, Objective] = {
@@ -276,6 +290,7 @@ OBJECTIVES: dict[str, Objective] = {
     "cohen-r": cohen_r,
     "macer": macer,
     "csrs": csrs,
+    "zhang-evans": zhang_evans,
 }
 
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -283,12 +298,14 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "cohen-r": {"weight": 1.2},
     "macer": {"num_noise": 16, "beta": 16.0, "gamma": 8.0, "lam": 12.0},
     "csrs": {"num_noise": 16, "beta": 16.0, "gamma1": 4.0, "gamma2": 16.0, "lam": 12.0},
+    "zhang-evans": {"eps": 0.25, "kappa": 1.0, "eps_warmup": 5},
 }
 
 # The admissible range of each hyperparameter: (lowest value, whether the lowest is allowed).
 _RANGES: dict[str, tuple[float, bool]] = {
     "weight": (1.0, True), "num_noise": (1, True), "beta": (0.0, False), "gamma": (0.0, False),
     "gamma1": (0.0, False), "gamma2": (0.0, False), "lam": (0.0, True),
+    "eps": (0.0, True), "kappa": (0.0, True), "eps_warmup": (0, True),
 }
 
 

@@ -86,6 +86,8 @@ class SmoothedClassifier:
     # -- sampling -----------------------------------------------------------------------------
     def _noise(self, index: int, stage: int, block: int, size: int, shape: torch.Size,
                dtype: torch.dtype) -> torch.Tensor:
+        """Return noise block ``block`` of (index, stage), N(0, 1) before sigma: the numbers
+        :meth:`sample_counts_many` draws for it."""
         generator = torch.Generator(device=self.device)
         generator.manual_seed(noise_seed(self.seed, index, stage, block))
         return torch.randn((size, *shape), generator=generator, device=self.device, dtype=dtype)
@@ -106,45 +108,51 @@ class SmoothedClassifier:
         ``requests[r] = (row, index, stage, n)``: n noisy samples of ``inputs[row]``, with the
         noise of example ``index`` in ``stage``. Requests are packed into full batches of
         ``batch_size`` regardless of example boundaries, so small n still keeps the model busy.
+        Memory holds one batch plus one noise block, whatever n.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         inputs = inputs.to(self.device)
-        shape = inputs.shape[1:]
         counts = torch.zeros(len(requests) * self.num_classes, dtype=torch.int64,
                              device=self.device)
-        rows, pieces, slots, filled = [], [], [], 0
-
-        def flush() -> None:
-            nonlocal rows, pieces, slots, filled
-            noise = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
-            row_index = torch.tensor(rows, device=self.device)
-            slot_index = torch.tensor(slots, device=self.device)
-            batch = inputs[row_index.repeat_interleave(_lengths(pieces, self.device))] + noise
-            labels = self._classify(batch)
-            owners = slot_index.repeat_interleave(_lengths(pieces, self.device))
-            counts.add_(torch.bincount(owners * self.num_classes + labels,
-                                       minlength=counts.numel()))
-            rows, pieces, slots, filled = [], [], [], 0
-
+        # Each block is drawn whole straight into the buffer behind the samples waiting there,
+        # so the buffer holds a batch plus the largest block; samples past a full batch wait
+        # for the next one. Nothing here reads a device value back: no host sync per batch.
+        largest_block = max((min(self.noise_block, n) for *_, n in requests), default=0)
+        batch = torch.empty((batch_size + largest_block, *inputs.shape[1:]), dtype=inputs.dtype,
+                            device=self.device)
+        # The slot of each waiting sample, times num_classes: its row of counts.
+        owners = torch.empty(len(batch), dtype=torch.int64, device=self.device)
+        ones = torch.ones(batch_size, dtype=torch.int64, device=self.device)
+        generator = torch.Generator(device=self.device)
+        filled = 0
         for slot, (row, index, stage, n) in enumerate(requests):
             # Blocks hold min(noise_block, n) samples; the last one may be cut short.
             block_size = min(self.noise_block, n)
             for block, start in enumerate(range(0, n, block_size)):
-                noise = self._noise(index, stage, block, block_size, shape, inputs.dtype)
-                noise = noise[: min(block_size, n - start)].mul_(self.sigma)
-                while noise.shape[0]:
-                    room = batch_size - filled
-                    piece, noise = noise[:room], noise[room:]
-                    rows.append(row)
-                    slots.append(slot)
-                    pieces.append(piece)
-                    filled += piece.shape[0]
-                    if filled == batch_size:
-                        flush()
+                used = min(block_size, n - start)
+                generator.manual_seed(noise_seed(self.seed, index, stage, block))
+                noise = batch[filled:filled + block_size].normal_(generator=generator)
+                noise[:used].mul_(self.sigma).add_(inputs[row])
+                owners[filled:filled + used].fill_(slot * self.num_classes)
+                filled += used
+                done = 0
+                while filled - done >= batch_size:
+                    self._count(batch[done:done + batch_size], owners[done:done + batch_size],
+                                counts, ones)
+                    done += batch_size
+                if done:  # move the waiting samples (fewer than a batch) to the front
+                    batch[:filled - done] = batch[done:filled]
+                    owners[:filled - done] = owners[done:filled]
+                    filled -= done
         if filled:
-            flush()
+            self._count(batch[:filled], owners[:filled], counts, ones[:filled])
         return counts.view(len(requests), self.num_classes).cpu().numpy()
+
+    def _count(self, batch: torch.Tensor, owners: torch.Tensor, counts: torch.Tensor,
+               ones: torch.Tensor) -> None:
+        # scatter_add_, not bincount: CUDA's bincount reads its input's maximum back to the host.
+        counts.scatter_add_(0, self._classify(batch).add_(owners), ones)
 
     def sample_counts(self, x: torch.Tensor, n: int, *, batch_size: int = 1000, index: int = 0,
                       stage: int = ESTIMATION) -> np.ndarray:
@@ -190,10 +198,6 @@ class SmoothedClassifier:
             x.unsqueeze(0), [(0, index, SELECTION, n0), (0, index, ESTIMATION, n)],
             batch_size=batch_size)
         return counts[0], counts[1]
-
-
-def _lengths(pieces: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    return torch.tensor([piece.shape[0] for piece in pieces], device=device)
 
 
 def _check_n(n: int, name: str) -> None:

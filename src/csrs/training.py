@@ -80,6 +80,7 @@ class TrainConfig:
     val_fraction: float = 0.0
     data_options: dict[str, Any] = field(default_factory=dict)
     data_seed: int = 0
+    warmup_epochs: int = 0
 
 
 @dataclass
@@ -111,6 +112,8 @@ def _check_config(config: TrainConfig) -> dict[str, Any]:
         (config.momentum >= 0, f"momentum must be >= 0; got {config.momentum!r}"),
         (config.weight_decay >= 0, f"weight_decay must be >= 0; got {config.weight_decay!r}"),
         (config.lr_decay > 0, f"lr_decay must be positive; got {config.lr_decay!r}"),
+        (isinstance(config.warmup_epochs, int) and config.warmup_epochs >= 0,
+         f"warmup_epochs must be an integer >= 0; got {config.warmup_epochs!r}"),
         (0 <= config.val_fraction < 1, f"val_fraction must be in [0, 1); got "
                                        f"{config.val_fraction!r}"),
         (config.milestones is None or all(isinstance(m, int) and m >= 0
@@ -157,7 +160,8 @@ def _meta(config: TrainConfig, splits: Any, arch: str, cost: CostMatrix, cost_sp
           hparams: dict[str, Any], epoch: int) -> dict[str, Any]:
     """Returns the checkpoint metadata: what certification and --resume need to know."""
     training_hparams = {key: getattr(config, key) for key in (
-        "batch_size", "lr", "momentum", "weight_decay", "lr_decay", "amp", "val_fraction")}
+        "batch_size", "lr", "momentum", "weight_decay", "lr_decay", "amp", "val_fraction",
+        "warmup_epochs")}
     milestones = config.milestones if config.milestones is not None \
         else default_milestones(config.epochs)
     return {
@@ -238,7 +242,8 @@ def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
 
         splits = load_dataset(config.dataset, config.data_dir, seed=config.data_seed,
                               **config.data_options)
-    arch = config.arch or splits.default_arch
+    arch = config.arch or ("convex-mlp" if config.method == "zhang-evans"
+                           else splits.default_arch)
     cost_spec = config.cost if config.cost is not None else splits.default_cost
     cost = CostMatrix.parse(cost_spec, splits.num_classes, splits.class_names)
     train_set = splits.train
@@ -251,6 +256,10 @@ def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
     torch.manual_seed(config.seed)
     model = build_model(arch, num_classes=splits.num_classes, input_shape=splits.input_shape,
                         mean=splits.mean, std=splits.std)
+    if config.method == "zhang-evans":
+        from csrs.convex import check_convex_supported
+
+        check_convex_supported(model, tuple(splits.input_shape))
     model = _prepare_model(model, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
@@ -291,7 +300,15 @@ def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
         began = time.perf_counter()
         batches = tqdm(_epoch_loader(train_set, config.batch_size, shuffle_generator),
                        desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
-        step = partial(objective, sigma=config.sigma, generator=noise_generator, **hparams)
+        # Warm-up: the robustness terms (weight lambda) join after the first epochs; from
+        # scratch, lambda = 12 can swamp the classification loss before classes separate.
+        epoch_hparams = ({**hparams, "lam": 0.0} if epoch < config.warmup_epochs
+                         and "lam" in hparams else dict(hparams))
+        if "eps_warmup" in hparams:  # Zhang & Evans: eps grows linearly over the first epochs
+            epoch_hparams["eps"] = hparams["eps"] * min(
+                1.0, (epoch + 1) / max(hparams["eps_warmup"], 1))
+        step = partial(objective, sigma=config.sigma, generator=noise_generator,
+                       **epoch_hparams)
         metrics = _run_epoch(model, batches, step, optimizer, costly_table, splits.augment,
                              shuffle_generator, config.amp)
         metrics |= {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
