@@ -75,6 +75,7 @@ class ExperimentConfig:
     amp: bool = False
     description: str = ""
     threads: int | None = None
+    zhang_evans: dict[str, Any] = field(default_factory=dict)
 
 
 _TRAIN_KEYS = {"epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones",
@@ -84,7 +85,9 @@ _CERTIFY_DEFAULTS = {"n0": 100, "n": 100_000, "alpha": 0.001, "bounds": "sound",
 _TUNING_DEFAULTS = {"val_fraction": 0.2, "n0": 100, "n": 1000, "max_acc_drop": 0.03,
                     "max_examples": None}
 _TOP_KEYS = {"name", "description", "sigma", "eps", "seeds", "data_seed", "device", "amp",
-             "threads", "settings", "methods", "train", "certify", "tuning"}
+             "threads", "settings", "methods", "train", "certify", "tuning", "zhang_evans"}
+_ZHANG_EVANS_DEFAULTS = {"costs": [], "eps": [0.25], "kappa": 1.0, "eps_warmup": 5,
+                         "arch": "convex-mlp", "epochs": 20, "lr": 0.05}
 _SETTING_KEYS = {"dataset", "cost", "costs", "arch", "data_dir", "image_size"}
 
 
@@ -134,13 +137,23 @@ def parse_config(data: Mapping[str, Any], *, name: str = "experiment") -> Experi
     _unknown(certify, set(_CERTIFY_DEFAULTS), "certify")
     tuning = {**_TUNING_DEFAULTS, **(data.get("tuning") or {})}
     _unknown(tuning, set(_TUNING_DEFAULTS), "tuning")
+    zhang_evans = {}
+    if "zhang_evans" in data:
+        zhang_evans = {**_ZHANG_EVANS_DEFAULTS, **data["zhang_evans"]}
+        _unknown(zhang_evans, set(_ZHANG_EVANS_DEFAULTS), "zhang_evans")
+        zhang_evans["eps"] = [float(e) for e in (zhang_evans["eps"]
+                              if isinstance(zhang_evans["eps"], list) else [zhang_evans["eps"]])]
+        unknown = set(zhang_evans["costs"]) - {s.cost for s in settings}
+        if unknown:
+            raise ValueError(f"zhang_evans: cost '{sorted(unknown)[0]}' is not among the "
+                             f"settings' costs")
     config = ExperimentConfig(
         name=str(data.get("name", name)), description=str(data.get("description", "")),
         settings=settings, methods=methods, sigma=float(data.get("sigma", 0.5)),
         eps=float(data.get("eps", 0.5)), seeds=[int(s) for s in data.get("seeds", [0])],
         data_seed=int(data.get("data_seed", 0)), train=train, certify=certify, tuning=tuning,
         device=str(data.get("device", "cpu")), amp=bool(data.get("amp", False)),
-        threads=int(data["threads"]) if "threads" in data else None)
+        threads=int(data["threads"]) if "threads" in data else None, zhang_evans=zhang_evans)
     if not config.sigma > 0 or config.eps < 0 or not config.seeds:
         raise ValueError(f"config: need sigma > 0, eps >= 0 and at least one seed; got sigma "
                          f"{config.sigma}, eps {config.eps}, seeds {config.seeds}")
@@ -173,6 +186,7 @@ def demo_config(*, quick: bool = False) -> ExperimentConfig:
         data["methods"]["csrs"] = {"gamma2": [8.0, 16.0]}
         data["methods"]["macer"] = {"num_noise": 2}
         data["methods"]["csrs"]["num_noise"] = 2
+        data["zhang_evans"] = {**data["zhang_evans"], "epochs": 1, "eps": [0.25]}
     return parse_config(data, name="demo")
 
 
@@ -240,7 +254,10 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
     # Cohen first: its validation accuracy is the reference for choosing the others' candidates.
     methods = sorted(config.methods, key=KNOWN_METHODS.index)
     plan = [(s, seed, m) for s in config.settings for seed in config.seeds for m in methods]
-    progress = _Progress(sum(len(_candidates(config.methods[m])) + 1 for _, _, m in plan), quiet)
+    convex = config.zhang_evans
+    convex_stages = len(convex.get("eps", [])) * len(convex.get("costs", []))
+    progress = _Progress(sum(len(_candidates(config.methods[m])) + 1 for _, _, m in plan)
+                         + convex_stages, quiet)
     splits_cache: dict[tuple, Any] = {}
     results: list[dict[str, Any]] = []
     candidates_log: list[dict[str, Any]] = []
@@ -275,20 +292,18 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
             folder = setting.dataset if blind else setting.key
             run = _Run(out / "checkpoints" / folder / f"{stem}.pt",
                        out / "validation" / setting.key / f"{stem}.tsv", hparams)
-            done = (run.checkpoint.is_file()
-                    and load_checkpoint(run.checkpoint).meta.get("epoch") ==
-                    config.train.get("epochs"))
+            done = _finished(run.checkpoint, config.train.get("epochs"))
             progress.stage(f"train {method} {_tag(hparams, sep=', ', eq='=') or '(defaults)'} on "
                            f"{setting.dataset} cost '{train_cost}' seed {seed}"
                            + (" [done]" if done else ""))
             if not done:
-                train(TrainConfig(
+                _train_measured(train, TrainConfig(
                     dataset=setting.dataset, method=method, sigma=config.sigma,
                     out=run.checkpoint, cost=train_cost, arch=setting.arch,
                     data_dir=setting.data_dir, seed=seed, device=config.device, amp=config.amp,
                     resume=True, hparams=hparams, val_fraction=tuning["val_fraction"],
                     data_options=options, data_seed=config.data_seed, **config.train),
-                    splits=splits, progress=not quiet)
+                    splits=splits, quiet=quiet)
             runs.append(run)
         chosen = runs[0]
         if len(runs) > 1 or (method == "cohen" and len(config.methods) > 1):
@@ -316,18 +331,125 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
                             certify_opts["skip"])
         results.append({"setting": setting, "seed": seed, "method": method,
                         "hparams": _tag(chosen.hparams, sep=", ", eq="="), "path": test_path,
-                        "summary": summarize(rows, config.eps)})
+                        "checkpoint": chosen.checkpoint, "summary": summarize(rows, config.eps)})
         del rows
+    convex_rows = []
+    if config.zhang_evans:
+        convex_rows = _zhang_evans_comparison(config, out, results, splits_cache, progress,
+                                              quiet)
     summary = _aggregate(results)
     tests = [{"key": r["setting"].key, "dataset": r["setting"].dataset,
               "cost": r["setting"].cost, "method": r["method"], "seed": r["seed"],
               "rows": read_results(r["path"])} for r in results]
     write_experiment_report(out, title=config.name, description=config.description,
                             sigma=config.sigma, eps=config.eps, summary=summary, tests=tests,
-                            candidates=candidates_log, columns=SUMMARY_COLUMNS)
+                            candidates=candidates_log, columns=SUMMARY_COLUMNS,
+                            convex=convex_rows)
     if log is not None:
         log(f"wrote {out / 'summary.csv'} and {out / 'report.md'}")
     return summary
+
+
+def _finished(checkpoint: Path, epochs: int | None) -> bool:
+    from csrs.checkpoint import load_checkpoint
+
+    return checkpoint.is_file() and load_checkpoint(checkpoint).meta.get("epoch") == epochs
+
+
+def _peak_rss_reset() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _train_measured(train: Callable[..., Any], train_config: Any, *, splits: Any,
+                    quiet: bool) -> None:
+    """Train, then keep seconds per epoch and the process's peak RSS beside the checkpoint
+    (``<checkpoint>.stats.json``): the cost columns of the Table 4 comparison."""
+    resettable = _peak_rss_reset()
+    result = train(train_config, splits=splits, progress=not quiet)
+    seconds = [entry["seconds"] for entry in result.history if "seconds" in entry]
+    stats = {"seconds_per_epoch": float(np.median(seconds)) if seconds else float("nan"),
+             "peak_rss_mb": _peak_rss_mb() if resettable else float("nan")}
+    Path(str(train_config.out) + ".stats.json").write_text(json.dumps(stats) + "\n")
+
+
+def _train_stats(checkpoint: Path) -> dict[str, float]:
+    path = Path(str(checkpoint) + ".stats.json")
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"seconds_per_epoch": float("nan"), "peak_rss_mb": float("nan")}
+
+
+def _zhang_evans_comparison(config: ExperimentConfig, out: Path, results: list[dict[str, Any]],
+                            splits_cache: dict, progress: _Progress,
+                            quiet: bool) -> list[dict[str, Any]]:
+    """Table 4 analogue: Zhang & Evans (convex bounds, deterministic) at each eps against
+    CS-RS's certificates of the same setting at the same eps."""
+    from csrs.checkpoint import load_checkpoint
+    from csrs.convex import certify_dataset_convex
+    from csrs.costs import CostMatrix
+    from csrs.metrics import summarize, summarize_decisions
+    from csrs.results import read_results
+    from csrs.training import TrainConfig, train
+
+    options = config.zhang_evans
+    rows = []
+    for setting in config.settings:
+        if setting.cost not in options["costs"]:
+            continue
+        splits, data_options = next(value for key, value in splits_cache.items()
+                                    if key[0] == setting.dataset)
+        cost = CostMatrix.parse(setting.cost, splits.num_classes, splits.class_names)
+        for eps in options["eps"]:
+            checkpoint = out / "checkpoints" / setting.key / f"zhang-evans-eps-{eps:g}.pt"
+            done = _finished(checkpoint, options["epochs"])
+            progress.stage(f"train zhang-evans eps={eps:g} on {setting.dataset} cost "
+                           f"'{setting.cost}'" + (" [done]" if done else ""))
+            if not done:
+                _train_measured(train, TrainConfig(
+                    dataset=setting.dataset, method="zhang-evans", sigma=config.sigma,
+                    epochs=options["epochs"], out=checkpoint, cost=setting.cost,
+                    arch=options["arch"], data_dir=setting.data_dir, lr=options["lr"],
+                    batch_size=config.train.get("batch_size", 64), device=config.device,
+                    resume=True, val_fraction=config.tuning["val_fraction"],
+                    data_options=data_options, data_seed=config.data_seed,
+                    hparams={"eps": eps, "kappa": options["kappa"],
+                             "eps_warmup": options["eps_warmup"]}),
+                    splits=splits, quiet=quiet)
+            model = load_checkpoint(checkpoint).build_model(config.device)
+            decided = certify_dataset_convex(
+                model, splits.test, cost, eps=eps, indices=None,
+                out=out / "results" / setting.key / f"zhang-evans-eps-{eps:g}.tsv",
+                progress=not quiet)
+            scores = summarize_decisions(decided)
+            rows.append({"dataset": setting.dataset, "cost": setting.cost,
+                         "method": "Zhang & Evans (convex)", "eps": eps, "acc": scores["acc"],
+                         "rob_cs": scores["rob_cs"], **_train_stats(checkpoint)})
+        for result in results:
+            if result["method"] == "csrs" and result["setting"] == setting:
+                smoothed = read_results(result["path"])
+                for eps in options["eps"]:
+                    scores = summarize(smoothed, eps)
+                    rows.append({"dataset": setting.dataset, "cost": setting.cost,
+                                 "method": "CS-RS (smoothing)", "eps": eps,
+                                 "acc": scores["acc"], "rob_cs": scores["rob_cs"],
+                                 **_train_stats(result["checkpoint"])})
+                break
+    return rows
 
 
 def _choose(scores: list[dict[str, Any]], reference_acc: float | None,

@@ -1,0 +1,84 @@
+"""Experiments and the demo: the pipeline end to end, config errors, resuming."""
+
+import csv
+
+import pytest
+
+from csrs.cli import main
+from csrs.experiment import demo_config, parse_config, run_experiment
+
+TINY = {
+    "name": "tiny", "sigma": 0.5, "eps": 0.25, "threads": 1,
+    "settings": [{"dataset": "digits", "cost": "3->5", "arch": "linear"}],
+    "train": {"epochs": 2, "lr": 0.05},
+    "methods": {"cohen": {}, "cohen-r": {"weight": [1.2, 2.0]}},
+    "certify": {"n0": 10, "n": 60, "alpha": 0.01, "max_examples": 20},
+    "tuning": {"n0": 10, "n": 40, "max_examples": 20},
+}
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--quiet", "--out", str(out)]) == 0
+    return out
+
+
+def test_demo_writes_summary_report_and_plots(quick_demo, capsys):
+    with open(quick_demo / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0])[:7] == ["dataset", "cost", "method", "acc", "rob_cs", "rob_cs_std",
+                                 "rob_non_std"]
+    settings = {(row["dataset"], row["cost"]) for row in rows}
+    assert settings == {("digits", "3"), ("digits", "3->5,8"),
+                        ("breast-cancer", "malignant->benign")}
+    assert {row["method"] for row in rows} == {"cohen", "cohen-r", "macer", "csrs"}
+    report = (quick_demo / "report.md").read_text()
+    assert "| CS-RS |" in report and "Table 4" in report and "claim hold" in report
+    for name in ("curves_digits_3.png", "r1_vs_r2_digits_3to5_8.png", "tradeoff.png"):
+        assert (quick_demo / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_demo_config_is_valid_and_fair():
+    config = demo_config()
+    assert set(config.methods) == {"cohen", "cohen-r", "macer", "csrs"}
+    assert config.sigma == config.eps == 0.5
+    assert config.certify["alpha"] == 0.001 and config.certify["bounds"] == "sound"
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"colour": 1}, "unknown key 'colour'"),
+    ({"methods": {"adversarial": {}}}, "unknown method 'adversarial'"),
+    ({"methods": {"csrs": {"gamma3": 1}}}, "methods.csrs: unknown key 'gamma3'"),
+    ({"settings": [{"dataset": "mnist", "cost": "3"}]}, "unknown dataset 'mnist'"),
+    ({"settings": [{"dataset": "digits"}]}, "give 'cost'"),
+    ({"certify": {"n_samples": 3}}, "certify: unknown key 'n_samples'"),
+    ({"train": {"optimizer": "adam"}}, "train: unknown key 'optimizer'"),
+])
+def test_config_errors_name_the_bad_key(patch, message):
+    with pytest.raises(ValueError, match=message):
+        parse_config({**TINY, **patch})
+
+
+def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text('name = "x"\n[methods.nope]\n[[settings]]\ndataset = "digits"\ncost = "3"\n')
+    assert main(["experiment", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown method 'nope'" in err and len(err.splitlines()) == 1
+
+
+def test_rerun_after_a_crash_skips_finished_runs_with_the_same_summary(tmp_path):
+    config = parse_config(TINY)
+    first = run_experiment(config, tmp_path, quiet=True)
+    checkpoints = sorted((tmp_path / "checkpoints").rglob("*.pt"))
+    stamps = {path: path.stat().st_mtime_ns for path in checkpoints}
+    # A crash that lost the last test certification and a half-written candidate checkpoint.
+    results = sorted((tmp_path / "results").rglob("*.tsv"))
+    results[-1].unlink()
+    checkpoints[-1].unlink()
+    second = run_experiment(config, tmp_path, quiet=True)
+    assert second == first
+    for path in checkpoints[:-1]:
+        assert path.stat().st_mtime_ns == stamps[path]  # not trained again
+    assert checkpoints[-1].is_file()
