@@ -9,9 +9,9 @@ import torch
 from csrs.adaptive import _count_pieces, _Example, certify_dataset_adaptive, decide
 from csrs.certify import CertifySettings, certify_dataset
 from csrs.checkpoint import load_checkpoint
-from csrs.metrics import summarize
+from csrs.metrics import summarize, summarize_decisions
 from csrs.results import ResultsFileError, read_results
-from csrs.sequential import ABSTAIN, ADAPTIVE_COLUMNS, summarize_decisions
+from csrs.sequential import ABSTAIN, ADAPTIVE_COLUMNS
 from csrs.smoothing import ESTIMATION, SELECTION, SmoothedClassifier
 
 SMALL = {"eps": 0.25, "alpha": 0.01, "n0": 20, "n_max": 2000, "progress": False}
@@ -152,3 +152,29 @@ def test_bad_settings_fail_before_any_sampling(checkpoint, digits):
                                  checkpoint.cost_matrix(), **{**SMALL, "alpha": 0})
     with pytest.raises(ValueError, match="batch_size must be"):
         decide(_smoothed(checkpoint), torch.zeros(1, 8, 8), eps=0.1, batch_size=0)
+
+
+def test_cli_adaptive_certify_resume_and_report(digits_checkpoint, tmp_path, capsys):
+    from csrs.cli import main
+
+    whole, resumed = tmp_path / "whole.tsv", tmp_path / "resumed.tsv"
+    common = ["--adaptive", "--eps", "0.25", "--n0", "20", "--n", "2000", "--alpha", "0.01",
+              "--quiet"]
+    assert main(["certify", str(digits_checkpoint), "--out", str(whole), "--max", "10",
+                 *common]) == 0
+    assert main(["certify", str(digits_checkpoint), "--out", str(resumed), "--max", "4",
+                 "--batch", "64", *common]) == 0
+    assert main(["certify", str(digits_checkpoint), "--out", str(resumed), "--max", "10",
+                 *common]) == 0
+
+    def rows(path):
+        return sorted(({k: v for k, v in row.items() if k != "time"}
+                       for row in read_results(path)), key=lambda row: int(row["idx"]))
+
+    assert rows(resumed) == rows(whole)
+    capsys.readouterr()
+    assert main(["report", str(whole)]) == 0
+    assert "mean samples" in capsys.readouterr().out
+    assert main(["certify", str(digits_checkpoint), "--out", str(whole), "--adaptive",
+                 "--quiet"]) == 2
+    assert "--adaptive needs --eps" in capsys.readouterr().err

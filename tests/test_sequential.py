@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from csrs.metrics import summarize_decisions
 from csrs.sequential import (
     ABSTAIN,
     ADAPTIVE_COLUMNS,
@@ -12,7 +13,6 @@ from csrs.sequential import (
     look_schedule,
     mixture_lower,
     run_test,
-    summarize_decisions,
 )
 from csrs.stats import clopper_pearson_lower, true_cs_radius
 

@@ -103,7 +103,15 @@ def _add_certify(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
     parser.add_argument("--eps", type=_nonnegative_float, default=None,
-                        help="radius to decide at (with --convex)")
+                        help="radius to decide at (with --adaptive or --convex)")
+    parser.add_argument("--adaptive", action="store_true",
+                        help="decide 'certified at --eps?' with a sequential test that stops as "
+                             "soon as the answer is known (--n is then the most samples per "
+                             "example); same guarantee: P(certified and true radius < eps) <= "
+                             "alpha whatever the stopping time")
+    parser.add_argument("--sequential", choices=("looks", "mixture"), default="looks",
+                        help="the sequential test of --adaptive: Clopper-Pearson at geometric "
+                             "looks (default) or a Beta-mixture confidence sequence")
     parser.add_argument("--convex", action="store_true",
                         help="Zhang & Evans's deterministic certificate at --eps from convex "
                              "(dual network) bounds instead of randomized smoothing; no alpha")
@@ -133,12 +141,28 @@ def _run_certify(args: argparse.Namespace) -> int:
     indices = select_indices(len(dataset), skip=args.skip, max_examples=args.max)
     if args.convex:
         return _certify_convex(args, checkpoint, dataset, cost, indices)
+    if args.adaptive and args.eps is None:
+        return _fail("--adaptive needs --eps, the l2 radius to decide at")
     sigma = args.sigma or checkpoint.sigma
     smoothed = SmoothedClassifier(checkpoint.build_model(args.device), checkpoint.num_classes,
                                   sigma, device=args.device, seed=args.seed, amp=args.amp)
     settings = CertifySettings(n0=args.n0, n=args.n, alpha=args.alpha, bounds=args.bounds,
                                sigma=sigma, seed=args.seed, cost=cost.spec(),
                                noise_block=smoothed.noise_block)
+    if args.adaptive:
+        from csrs.adaptive import certify_dataset_adaptive
+        from csrs.metrics import summarize_decisions
+
+        rows = certify_dataset_adaptive(
+            smoothed, dataset, cost, eps=args.eps, alpha=args.alpha, n0=args.n0, n_max=args.n,
+            batch_size=args.batch, indices=indices, out=args.out, progress=not args.quiet,
+            method=args.sequential)
+        summary = summarize_decisions(rows)
+        print(f"decided {summary['examples']} examples at eps {args.eps} with "
+              f"{summary['mean_samples']:.0f} samples on average -> {args.out}; Acc "
+              f"{summary['acc']:.3f}, Rob_cs {summary['rob_cs']:.3f}. "
+              f"Next: csrs report {args.out}")
+        return 0
     rows = certify_dataset(smoothed, dataset, cost, settings=settings, indices=indices,
                            batch_size=args.batch, out=args.out, progress=not args.quiet)
     summary = summarize(rows, 0.0)

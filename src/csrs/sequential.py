@@ -23,10 +23,9 @@ and radii; see :class:`SequentialTest` for the accounting of each ``method``:
 from __future__ import annotations
 
 import math
-import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from scipy.special import betaincc, betaincinv, betaln, ndtri
@@ -42,7 +41,6 @@ __all__ = [
     "look_schedule",
     "mixture_lower",
     "run_test",
-    "summarize_decisions",
 ]
 
 Method = Literal["looks", "mixture"]
@@ -334,36 +332,6 @@ def run_test(test: SequentialTest, draw: Callable[[int, int], np.ndarray]) -> De
         done = test.next_look
         test.update(counts)
     return test.decision
-
-
-def summarize_decisions(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Return Acc, Rob_cs and Rob_non^(std) at the rows' eps, and the samples per example.
-
-    From adaptive result rows (values as strings, see ``ADAPTIVE_COLUMNS``), with the
-    definitions of csrs.metrics: Acc = correct at radius 0 over all examples; Rob_cs = certified
-    at eps over sensitive examples (a costly or abstained prediction never is); Rob_non^(std) =
-    correct and certified at eps over non-sensitive examples. A fraction of an empty group is NaN.
-    """
-    if not rows:
-        raise ValueError("no result rows to summarize")
-    eps_values = {float(row["eps"]) for row in rows}
-    if len(eps_values) != 1:
-        raise ValueError(f"rows mix several eps values: {sorted(eps_values)}")
-    correct = np.array([row["correct"] == "1" for row in rows])
-    certified = np.array([row["certified"] == "1" for row in rows])
-    sensitive = np.array([row["sensitive"] == "1" for row in rows])
-    samples = [int(row["samples"]) for row in rows]
-
-    def fraction(hits: np.ndarray, group: np.ndarray) -> float:
-        return float(hits[group].mean()) if group.any() else float("nan")
-
-    return {"eps": eps_values.pop(), "acc": float(correct.mean()),
-            "rob_cs": fraction(certified, sensitive),
-            "rob_non_std": fraction(correct & certified, ~sensitive),
-            "examples": len(rows), "sensitive": int(sensitive.sum()),
-            "non_sensitive": int((~sensitive).sum()),
-            "mean_samples": statistics.fmean(samples),
-            "median_samples": statistics.median(samples)}
 
 
 def _counts(counts: Sequence[int] | np.ndarray, name: str) -> np.ndarray:
