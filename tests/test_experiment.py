@@ -82,3 +82,20 @@ def test_rerun_after_a_crash_skips_finished_runs_with_the_same_summary(tmp_path)
     for path in checkpoints[:-1]:
         assert path.stat().st_mtime_ns == stamps[path]  # not trained again
     assert checkpoints[-1].is_file()
+
+
+def test_shipped_experiment_configs_parse():
+    from pathlib import Path
+
+    from csrs.experiment import load_config
+
+    configs = sorted((Path(__file__).parent.parent / "experiments").rglob("*.toml"))
+    assert len(configs) >= 12
+    for path in configs:
+        config = load_config(path)
+        assert config.settings and config.methods
+
+
+def test_grid_without_validation_split_is_refused():
+    with pytest.raises(ValueError, match="needs a validation split"):
+        parse_config({**TINY, "tuning": {"val_fraction": 0.0}})

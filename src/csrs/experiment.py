@@ -5,6 +5,7 @@ hyperparameters (a list is a tuning grid), seeds and the certification budget. A
 
 1. trains every candidate on the training split minus a validation split (the same data and
    budget for every method), skipping checkpoints that are already finished;
+   (``tuning.val_fraction = 0``: the whole training split, and no grids);
 2. for methods with a grid, certifies each candidate on the validation split and keeps the one
    with the highest Rob_cs among those whose validation Acc is within ``max_acc_drop`` of
    Cohen's (the paper's goal: robustness without giving up accuracy), never looking at the test
@@ -154,6 +155,12 @@ def parse_config(data: Mapping[str, Any], *, name: str = "experiment") -> Experi
         data_seed=int(data.get("data_seed", 0)), train=train, certify=certify, tuning=tuning,
         device=str(data.get("device", "cpu")), amp=bool(data.get("amp", False)),
         threads=int(data["threads"]) if "threads" in data else None, zhang_evans=zhang_evans)
+    grids = [m for m, grid in methods.items() if any(len(v) > 1 for v in grid.values())]
+    if not 0 <= float(tuning["val_fraction"]) < 1:
+        raise ValueError(f"tuning: val_fraction must be in [0, 1); got {tuning['val_fraction']}")
+    if grids and tuning["val_fraction"] == 0:
+        raise ValueError(f"methods.{grids[0]}: a tuning grid needs a validation split "
+                         f"(tuning.val_fraction > 0)")
     if not config.sigma > 0 or config.eps < 0 or not config.seeds:
         raise ValueError(f"config: need sigma > 0, eps >= 0 and at least one seed; got sigma "
                          f"{config.sigma}, eps {config.eps}, seeds {config.seeds}")
@@ -282,8 +289,9 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
                                               seed=config.data_seed, **options), options)
         splits, options = splits_cache[key]
         cost = CostMatrix.parse(setting.cost, splits.num_classes, splits.class_names)
-        _, validation = validation_split(splits.train, None, tuning["val_fraction"],
-                                         config.data_seed)
+        validation = (validation_split(splits.train, None, tuning["val_fraction"],
+                                       config.data_seed)[1] if tuning["val_fraction"] > 0
+                      else None)
         runs = []
         for hparams in _candidates(config.methods[method]):
             blind = method in COST_BLIND
@@ -306,7 +314,8 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
                     splits=splits, quiet=quiet)
             runs.append(run)
         chosen = runs[0]
-        if len(runs) > 1 or (method == "cohen" and len(config.methods) > 1):
+        if validation is not None and (len(runs) > 1 or (method == "cohen"
+                                                          and len(config.methods) > 1)):
             scores = []
             for run in runs:
                 rows = certify_into(run.checkpoint, validation, cost, run.validation,
