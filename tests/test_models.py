@@ -16,6 +16,8 @@ TYPICAL_SHAPES = {
     "cifar-resnet56": (3, 32, 32),
     "cifar-resnet110": (3, 32, 32),
     "resnet18": (3, 64, 64),
+    "convex-mlp": (1, 8, 8),
+    "convex-cnn": (3, 16, 16),
 }
 
 

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from csrs import distributed
 from csrs.costs import CostMatrix
 from csrs.results import COLUMNS, ResultsFileError, read_results
 from csrs.smoothing import ESTIMATION, SELECTION, SmoothedClassifier
@@ -103,6 +104,12 @@ def certify_dataset(smoothed: SmoothedClassifier, dataset: Dataset, cost_matrix:
 
     Several examples are packed into one batch when n0 + n is small, which keeps the model busy;
     their noise is still a function of (seed, example index) alone.
+
+    Inside a process group (``torchrun``, :mod:`csrs.distributed`) every process calls this with
+    the same arguments: the examples are shared out, rank 0 alone checks, repairs and appends to
+    ``out`` (in the order of one process), and every process returns all rows. Since the noise
+    depends on the example alone, the file equals a one-process run's, and a killed run resumes
+    with any number of processes.
     """
     if cost_matrix.num_classes != smoothed.num_classes:
         raise ValueError(f"cost matrix has {cost_matrix.num_classes} classes; the model has "
@@ -111,33 +118,56 @@ def certify_dataset(smoothed: SmoothedClassifier, dataset: Dataset, cost_matrix:
         raise ValueError(f"settings.sigma {settings.sigma} differs from the smoothed "
                          f"classifier's {smoothed.sigma}")
     indices = list(range(len(dataset)) if indices is None else indices)
+    context = distributed.current()
     rows: list[dict[str, Any]] = []
-    if out is not None:
-        rows = _prepare_results_file(Path(out), settings)
+    failure: Exception | None = None
+    if out is not None and context.is_main:
+        try:
+            rows = _prepare_results_file(Path(out), settings)
+        except (ValueError, OSError) as error:
+            failure = error
+    # The others wait here for the file to be checked and repaired; all stop if it failed.
+    failure, rows = distributed.broadcast_object((failure, rows))
+    if failure is not None:
+        raise failure
     done = {int(row["idx"]) for row in rows}
     todo = [index for index in indices if index not in done]
     per_chunk = max(1, min(256, (4 * batch_size) // (settings.n0 + settings.n)))
-    handle = open(out, "a", encoding="utf-8") if out is not None else None  # noqa: SIM115
-    bar = tqdm(total=len(indices), initial=len(indices) - len(todo), unit="ex",
-               desc="certify", disable=not progress, dynamic_ncols=True)
+    writes = out is not None and context.is_main
+    handle = open(out, "a", encoding="utf-8") if writes else None  # noqa: SIM115
+    bar = tqdm(total=len(indices), initial=len(indices) - len(todo), unit="ex", desc="certify",
+               disable=not (progress and context.is_main), dynamic_ncols=True)
     try:
-        for chunk in _chunks(todo, per_chunk):
-            items = [dataset[index] for index in chunk]
-            inputs = torch.stack([torch.as_tensor(x) for x, _ in items])
-            labels = [int(y) for _, y in items]
-            new_rows = _rows_for_chunk(smoothed, inputs, labels, chunk, cost_matrix, settings,
-                                       batch_size)
+        # Each round, every process certifies its own consecutive part of the next examples;
+        # gathered in rank order, the parts are those examples in their original order.
+        for round_ in _chunks(todo, per_chunk * context.world_size):
+            share = math.ceil(len(round_) / context.world_size)
+            chunk = round_[context.rank * share:(context.rank + 1) * share]
+            mine = _certify_chunk(smoothed, dataset, chunk, cost_matrix, settings, batch_size)
+            new_rows = [row for part in distributed.all_gather_object(mine) for row in part]
             if handle is not None:
                 handle.writelines("\t".join(str(r[c]) for c in COLUMNS) + "\n" for r in new_rows)
                 handle.flush()
             rows.extend(new_rows)
-            bar.update(len(chunk))
+            bar.update(len(round_))
     finally:
         bar.close()
         if handle is not None:
             handle.close()
     wanted = set(indices)
     return [row for row in rows if int(row["idx"]) in wanted]
+
+
+def _certify_chunk(smoothed: SmoothedClassifier, dataset: Dataset, chunk: list[int],
+                   cost_matrix: CostMatrix, settings: CertifySettings,
+                   batch_size: int) -> list[dict[str, Any]]:
+    """Returns the rows of the examples ``chunk`` (none for an empty chunk)."""
+    if not chunk:
+        return []
+    items = [dataset[index] for index in chunk]
+    inputs = torch.stack([torch.as_tensor(x) for x, _ in items])
+    labels = [int(y) for _, y in items]
+    return _rows_for_chunk(smoothed, inputs, labels, chunk, cost_matrix, settings, batch_size)
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:

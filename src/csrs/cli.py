@@ -120,6 +120,14 @@ def _add_certify(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_certify(args: argparse.Namespace) -> int:
+    from csrs.distributed import process_group
+
+    # Under torchrun every process runs this; they share the examples, rank 0 writes and prints.
+    with process_group(args.device) as context:
+        return _certify_smoothed(args, context)
+
+
+def _certify_smoothed(args: argparse.Namespace, context) -> int:
     from csrs.certify import CertifySettings, certify_dataset, select_indices
     from csrs.checkpoint import load_checkpoint
     from csrs.costs import CostMatrix
@@ -140,12 +148,16 @@ def _run_certify(args: argparse.Namespace) -> int:
     dataset = splits.test if args.split == "test" else splits.train
     indices = select_indices(len(dataset), skip=args.skip, max_examples=args.max)
     if args.convex:
+        if context.distributed:
+            return _fail("--convex certifies in one process only; launch it without torchrun")
         return _certify_convex(args, checkpoint, dataset, cost, indices)
     if args.adaptive and args.eps is None:
         return _fail("--adaptive needs --eps, the l2 radius to decide at")
+    if args.adaptive and context.distributed:
+        return _fail("--adaptive certifies in one process only; launch it without torchrun")
     sigma = args.sigma or checkpoint.sigma
-    smoothed = SmoothedClassifier(checkpoint.build_model(args.device), checkpoint.num_classes,
-                                  sigma, device=args.device, seed=args.seed, amp=args.amp)
+    smoothed = SmoothedClassifier(checkpoint.build_model(context.device), checkpoint.num_classes,
+                                  sigma, device=context.device, seed=args.seed, amp=args.amp)
     settings = CertifySettings(n0=args.n0, n=args.n, alpha=args.alpha, bounds=args.bounds,
                                sigma=sigma, seed=args.seed, cost=cost.spec(),
                                noise_block=smoothed.noise_block)
@@ -166,8 +178,9 @@ def _run_certify(args: argparse.Namespace) -> int:
     rows = certify_dataset(smoothed, dataset, cost, settings=settings, indices=indices,
                            batch_size=args.batch, out=args.out, progress=not args.quiet)
     summary = summarize(rows, 0.0)
-    print(f"certified {summary['examples']} examples ({summary['sensitive']} sensitive) "
-          f"-> {args.out}; Acc {summary['acc']:.3f}. Next: csrs report {args.out}")
+    if context.is_main:
+        print(f"certified {summary['examples']} examples ({summary['sensitive']} sensitive) "
+              f"-> {args.out}; Acc {summary['acc']:.3f}. Next: csrs report {args.out}")
     return 0
 
 
@@ -307,7 +320,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", help="directory of the dataset files")
     parser.add_argument("--image-size", type=_positive_int,
                         help="image side for imagenette, ham10000 and folder data")
-    parser.add_argument("--batch-size", type=_positive_int, default=64)
+    parser.add_argument("--batch-size", type=_positive_int, default=64,
+                        help="global batch (default 64); under torchrun each of the N "
+                             "processes takes batch-size / N examples of it")
     parser.add_argument("--lr", type=_positive_float, default=0.01)
     parser.add_argument("--momentum", type=_nonnegative_float, default=0.9)
     parser.add_argument("--weight-decay", type=_nonnegative_float, default=5e-4)
@@ -333,6 +348,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from csrs.distributed import process_group
     from csrs.training import TrainConfig, train
 
     hparams = {name: getattr(args, name) for _, name, _, _ in _METHOD_FLAGS
@@ -340,15 +356,20 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.sigma is None and args.method != "zhang-evans":
         return _fail(f"csrs train: --sigma is required for method '{args.method}'")
     data_options = {"image_size": args.image_size} if args.image_size else {}
-    config = TrainConfig(
-        dataset=args.dataset, method=args.method, sigma=args.sigma or 0.5, epochs=args.epochs,
-        out=args.out, cost=args.cost, arch=args.arch, data_dir=args.data_dir,
-        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, milestones=args.milestones, lr_decay=args.lr_decay,
-        seed=args.seed, device=args.device, amp=args.amp, resume=args.resume, hparams=hparams,
-        val_fraction=args.val_fraction, data_options=data_options, data_seed=args.data_seed,
-        warmup_epochs=args.warmup_epochs)
-    result = train(config, progress=not args.quiet)
+    # Under torchrun every process runs this (DistributedDataParallel); rank 0 saves and prints.
+    with process_group(args.device) as context:
+        config = TrainConfig(
+            dataset=args.dataset, method=args.method, sigma=args.sigma or 0.5,
+            epochs=args.epochs, out=args.out, cost=args.cost, arch=args.arch,
+            data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr,
+            momentum=args.momentum, weight_decay=args.weight_decay, milestones=args.milestones,
+            lr_decay=args.lr_decay, seed=args.seed, device=context.device, amp=args.amp,
+            resume=args.resume, hparams=hparams, val_fraction=args.val_fraction,
+            data_options=data_options, data_seed=args.data_seed,
+            warmup_epochs=args.warmup_epochs)
+        result = train(config, progress=not args.quiet)
+        if not context.is_main:
+            return 0
     last = result.history[-1] if result.history else {}
     kind = "clean" if args.method == "zhang-evans" else "noisy"
     print(f"trained {args.method} on {args.dataset} for {result.epochs} epochs -> {result.path}"

@@ -9,6 +9,14 @@ states, so that an interrupted run resumed on CPU ends with bitwise the same wei
 Randomness is explicit: the model is initialised after ``torch.manual_seed(seed)``; one CPU
 generator shuffles and augments, one generator on the device draws the noise, both seeded from
 ``seed``.
+
+Under ``torchrun`` (:mod:`csrs.distributed`) the model is wrapped in DistributedDataParallel:
+``batch_size`` is the global batch, of which each of the world-size processes takes
+``batch_size / world_size`` examples, so the averaged gradient is that of the whole batch. The
+shuffle generator draws the same order on every process; each process draws noise (and
+augmentation) from its own generator, seeded with (seed, rank). Rank 0 writes the checkpoints,
+in the same format; every process reads them on ``--resume``. A run is deterministic for a fixed
+number of processes.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from csrs import distributed
 from csrs.checkpoint import load_checkpoint, save_checkpoint
 from csrs.costs import CostMatrix
 from csrs.models import ARCHITECTURES, build_model
@@ -142,18 +151,32 @@ def _lr_factor(milestones: Sequence[int], decay: float) -> Callable[[int], float
 
 
 def _prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """Returns the model on ``device``; the one place a DistributedDataParallel wrap would go."""
-    return model.to(device).train()
+    """Returns the model on ``device`` in train mode, wrapped in DistributedDataParallel when
+    this process is one of several (which then averages the gradients of all processes)."""
+    model = model.to(device).train()
+    if not distributed.current().distributed:
+        return model
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device] if device.type == "cuda" else None)
 
 
-def _epoch_loader(dataset: Dataset, batch_size: int, generator: torch.Generator) -> DataLoader:
-    """Returns this epoch's batches in an order drawn from ``generator``.
+def _epoch_loader(dataset: Dataset, batch_size: int, generator: torch.Generator, *,
+                  rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Returns this process's part of this epoch's batches, in an order drawn from ``generator``.
 
-    The one place a DistributedSampler would go (each process taking every world-size-th index).
+    The order is cut into global batches of ``batch_size``; process ``rank`` takes the
+    ``rank``-th of ``world_size`` equal consecutive parts of each. Every process therefore takes
+    the same number of equally large batches (DistributedDataParallel waits for all of them at
+    every step), and the last global batch loses its ``len % world_size`` final examples.
     """
     order = torch.randperm(len(dataset), generator=generator).tolist()
-    return DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=0,
-                      pin_memory=False)
+    batches = []
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        share = len(batch) // world_size
+        if share:
+            batches.append(batch[rank * share:(rank + 1) * share])
+    return DataLoader(dataset, batch_sampler=batches, num_workers=0, pin_memory=False)
 
 
 def _meta(config: TrainConfig, splits: Any, arch: str, cost: CostMatrix, cost_spec: str,
@@ -217,6 +240,9 @@ def _run_epoch(model: nn.Module, batches: Any, objective: Callable[..., LossPart
         seen += len(y)
         if step % 10 == 0:
             _show(batches, sums / seen)
+    # Averages over the examples of all processes, the same on each.
+    totals = distributed.sum_over_processes(torch.cat([sums, sums.new_tensor([seen])]))
+    sums, seen = totals[:-1], int(totals[-1].item())
     metrics = dict(zip(_METRICS, (sums / max(seen, 1)).tolist(), strict=True))
     _show(batches, torch.tensor(list(metrics.values())))
     return metrics
@@ -234,9 +260,19 @@ def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
     """Returns the result of training ``config.method`` on ``config.dataset``; see the module doc.
 
     ``splits`` is an already loaded :class:`csrs.data.DatasetSplits` (default: loaded from the
-    config). ``log`` is called with each epoch's metrics after its checkpoint is written.
+    config). ``log`` is called with each epoch's metrics after its checkpoint is written (by
+    rank 0 alone under torchrun, where every process calls ``train`` with the same arguments).
     """
     hparams = _check_config(config)
+    context = distributed.current()
+    if context.distributed and config.batch_size % context.world_size:
+        raise ValueError(f"batch size {config.batch_size} is the global batch, split evenly "
+                         f"over the {context.world_size} processes; choose a multiple of "
+                         f"{context.world_size}")
+    if context.distributed and config.method == "zhang-evans":
+        raise ValueError("method 'zhang-evans' trains in one process only (its convex bounds "
+                         "read the model around DistributedDataParallel); launch it without "
+                         "torchrun")
     if splits is None:
         from csrs.data import load_dataset
 
@@ -261,6 +297,7 @@ def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
 
         check_convex_supported(model, tuple(splits.input_shape))
     model = _prepare_model(model, device)
+    plain = getattr(model, "module", model)  # DistributedDataParallel wraps the model it trains
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     milestones = config.milestones if config.milestones is not None \
@@ -268,7 +305,11 @@ def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
     lr_factor = _lr_factor(milestones, config.lr_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     shuffle_generator = torch.Generator().manual_seed(config.seed)
-    noise_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+    noise_seed = config.seed + 1 + (context.rank << 32)
+    noise_generator = torch.Generator(device=device).manual_seed(noise_seed)
+    # The shuffle generator must draw the same order on every process, so with several each
+    # augments its own examples from its own generator.
+    augment_generator = shuffle_generator if not context.distributed else noise_generator
     costly_table = torch.tensor(cost.matrix.copy(), device=device)
     objective = OBJECTIVES[config.method]
     out = Path(config.out)
@@ -282,24 +323,27 @@ def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
         if "optimizer" not in state:
             raise ValueError(f"cannot resume from '{out}': it holds no training state (not "
                              f"written by csrs.training.train)")
-        model.load_state_dict(checkpoint.model_state)
+        plain.load_state_dict(checkpoint.model_state)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, history = int(checkpoint.meta["epoch"]), list(state["history"])
         shuffle_generator.set_state(state["shuffle_generator"])
         torch.set_rng_state(state["torch_rng"])
-        if state["device_type"] == device.type:
-            noise_generator.set_state(state["noise_generator"])
-        else:  # generator states do not carry across device types: fresh, seeded noise
-            noise_generator.manual_seed(config.seed + 1 + start)
+        noise_states = state.get("noise_generators", [state["noise_generator"]])
+        if state["device_type"] == device.type and len(noise_states) == context.world_size:
+            noise_generator.set_state(noise_states[context.rank])
+        else:  # generator states carry neither across device types nor to another world size
+            noise_generator.manual_seed(noise_seed + start)
         # A run extended with a larger --epochs follows the new schedule from here on.
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lr_factor(start)
 
     for epoch in range(start, config.epochs):
         began = time.perf_counter()
-        batches = tqdm(_epoch_loader(train_set, config.batch_size, shuffle_generator),
-                       desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
+        batches = tqdm(_epoch_loader(train_set, config.batch_size, shuffle_generator,
+                                     rank=context.rank, world_size=context.world_size),
+                       desc=f"epoch {epoch + 1}/{config.epochs}",
+                       disable=not (progress and context.is_main))
         # Warm-up: the robustness terms (weight lambda) join after the first epochs; from
         # scratch, lambda = 12 can swamp the classification loss before classes separate.
         epoch_hparams = ({**hparams, "lam": 0.0} if epoch < config.warmup_epochs
@@ -310,20 +354,24 @@ def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
         step = partial(objective, sigma=config.sigma, generator=noise_generator,
                        **epoch_hparams)
         metrics = _run_epoch(model, batches, step, optimizer, costly_table, splits.augment,
-                             shuffle_generator, config.amp)
+                             augment_generator, config.amp)
         metrics |= {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                     "seconds": time.perf_counter() - began}
         scheduler.step()
         history.append(metrics)
-        training = {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "shuffle_generator": shuffle_generator.get_state(),
-            "noise_generator": noise_generator.get_state(),
-            "torch_rng": torch.get_rng_state(), "device_type": device.type, "history": history,
-        }
-        save_checkpoint(out, model, _meta(config, splits, arch, cost, cost_spec, hparams,
-                                          epoch + 1), training)
-        if log is not None:
+        noise_states = distributed.all_gather_object(noise_generator.get_state())
+        if context.is_main:
+            training = {
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "shuffle_generator": shuffle_generator.get_state(),
+                "noise_generator": noise_states[0], "noise_generators": noise_states,
+                "torch_rng": torch.get_rng_state(), "device_type": device.type,
+                "history": history,
+            }
+            save_checkpoint(out, model, _meta(config, splits, arch, cost, cost_spec, hparams,
+                                              epoch + 1), training)
+        distributed.barrier()  # no process goes on (or returns) before the checkpoint exists
+        if log is not None and context.is_main:
             log(metrics)
-    return TrainResult(path=out, epochs=max(start, config.epochs), model=model, history=history)
+    return TrainResult(path=out, epochs=max(start, config.epochs), model=plain, history=history)
 
