@@ -13,7 +13,6 @@ other examples shared its batches.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import deque
@@ -28,7 +27,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from csrs.costs import CostMatrix
-from csrs.results import ResultsFileError, read_results
+from csrs.results import prepare_results
 from csrs.sequential import (
     ADAPTIVE_COLUMNS,
     DEFAULT_METHOD,
@@ -119,7 +118,8 @@ def certify_dataset_adaptive(smoothed: SmoothedClassifier, dataset: Dataset,
     SequentialTest(np.eye(smoothed.num_classes, dtype=np.int64)[0], eps=eps,
                    sigma=smoothed.sigma, alpha=alpha, n_max=n_max, method=method, looks=looks)
     indices = list(range(len(dataset)) if indices is None else indices)
-    rows = _prepare_results_file(Path(out), settings) if out is not None else []
+    rows = (prepare_results(out, ADAPTIVE_COLUMNS, settings.as_dict(), "an adaptive certify run")
+            if out is not None else [])
     done = {row["idx"] for row in rows}
     todo = [index for index in indices if str(index) not in done]
     labels: dict[int, int] = {}
@@ -329,28 +329,3 @@ def _row(example: _Example, label: int, costly: list[int], eps: float) -> dict[s
         "time": f"{example.seconds:.4f}",
     }
     return {column: str(values[column]) for column in ADAPTIVE_COLUMNS}
-
-
-def _prepare_results_file(path: Path, settings: AdaptiveSettings) -> list[dict[str, str]]:
-    """Create the results file, or validate and repair it for resuming; return its rows."""
-    meta_path = path.with_name(path.name + ".json")
-    if path.exists() and path.stat().st_size > 0:
-        header = path.open(encoding="utf-8").readline().rstrip("\r\n").split("\t")
-        if tuple(header) != ADAPTIVE_COLUMNS:
-            raise ResultsFileError(f"'{path}' has other columns than an adaptive certify run; "
-                                   f"use another --out to start anew")
-        if meta_path.exists():
-            previous = json.loads(meta_path.read_text())
-            changed = [f"{key}={previous.get(key)!r} (now {value!r})"
-                       for key, value in settings.as_dict().items()
-                       if previous.get(key) != value]
-            if changed:
-                raise ResultsFileError(f"'{path}' was made with other settings: "
-                                       f"{', '.join(changed)}; use another --out to start anew")
-        rows = read_results(path, repair=True)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\t".join(ADAPTIVE_COLUMNS) + "\n", encoding="utf-8")
-        rows = []
-    meta_path.write_text(json.dumps(settings.as_dict(), indent=2) + "\n")
-    return rows

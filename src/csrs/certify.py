@@ -7,7 +7,6 @@ Algorithm 1's cost-sensitive certificate (``cs_predict r1 r2 cs_radius``, used f
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 
 from csrs import distributed
 from csrs.costs import CostMatrix
-from csrs.results import COLUMNS, ResultsFileError, read_results
+from csrs.results import COLUMNS, prepare_results
 from csrs.smoothing import ESTIMATION, SELECTION, SmoothedClassifier
 from csrs.stats import Bounds, certify_counts, cohen_certify_counts
 
@@ -123,7 +122,7 @@ def certify_dataset(smoothed: SmoothedClassifier, dataset: Dataset, cost_matrix:
     failure: Exception | None = None
     if out is not None and context.is_main:
         try:
-            rows = _prepare_results_file(Path(out), settings)
+            rows = prepare_results(out, COLUMNS, settings.as_dict(), "a fixed-n certify run")
         except (ValueError, OSError) as error:
             failure = error
     # The others wait here for the file to be checked and repaired; all stop if it failed.
@@ -173,28 +172,3 @@ def _certify_chunk(smoothed: SmoothedClassifier, dataset: Dataset, chunk: list[i
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
-
-
-def _prepare_results_file(path: Path, settings: CertifySettings) -> list[dict[str, Any]]:
-    """Create the results file, or validate and repair it for resuming; return its rows."""
-    meta_path = path.with_name(path.name + ".json")
-    if path.exists() and path.stat().st_size > 0:
-        if meta_path.exists():
-            previous = json.loads(meta_path.read_text())
-            changed = [f"{key}={previous.get(key)!r} (now {value!r})"
-                       for key, value in settings.as_dict().items()
-                       if previous.get(key) != value]
-            if changed:
-                raise ResultsFileError(f"'{path}' was made with other settings: "
-                                       f"{', '.join(changed)}; use another --out to start anew")
-        header = path.open(encoding="utf-8").readline().rstrip("\r\n").split("\t")
-        if tuple(header) != COLUMNS:
-            raise ResultsFileError(f"'{path}' has other columns than a fixed-n certify run; "
-                                   f"use another --out to start anew")
-        rows = read_results(path, repair=True)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\t".join(COLUMNS) + "\n", encoding="utf-8")
-        rows = []
-    meta_path.write_text(json.dumps(settings.as_dict(), indent=2) + "\n")
-    return rows

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from csrs.costs import CostMatrix
 from csrs.models import Normalize
 from csrs.objectives import LossParts
-from csrs.results import ResultsFileError, read_results
+from csrs.results import prepare_results
 
 __all__ = [
     "CONVEX_ARCHITECTURES",
@@ -364,7 +364,8 @@ def certify_dataset_convex(model: nn.Module, dataset: Dataset, cost_matrix: Cost
     device = next(model.parameters()).device
     costly_table = torch.tensor(cost_matrix.matrix, device=device)
     indices = list(range(len(dataset)) if indices is None else indices)
-    rows = _prepare_results(Path(out), eps) if out is not None else []
+    rows = (prepare_results(out, CONVEX_COLUMNS, {"mode": "convex", "eps": eps},
+                            "a convex certify run") if out is not None else [])
     done = {int(row["idx"]) for row in rows}
     todo = [index for index in indices if index not in done]
     handle = open(out, "a", encoding="utf-8") if out is not None else None  # noqa: SIM115
@@ -401,22 +402,3 @@ def certify_dataset_convex(model: nn.Module, dataset: Dataset, cost_matrix: Cost
             handle.close()
     wanted = set(indices)
     return [row for row in rows if int(row["idx"]) in wanted]
-
-
-def _prepare_results(path: Path, eps: float) -> list[dict[str, Any]]:
-    """Create the results file, or validate and repair it for resuming; return its rows."""
-    if not path.exists() or path.stat().st_size == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\t".join(CONVEX_COLUMNS) + "\n", encoding="utf-8")
-        return []
-    with path.open(encoding="utf-8") as handle:
-        header = tuple(handle.readline().rstrip("\r\n").split("\t"))
-    if header != CONVEX_COLUMNS:
-        raise ResultsFileError(f"'{path}' is not a convex certification file (columns "
-                               f"{', '.join(header[:4])}, ...); use another --out to start anew")
-    rows = read_results(path, repair=True)
-    other = {row["eps"] for row in rows} - {f"{eps:g}"}
-    if other:
-        raise ResultsFileError(f"'{path}' was made with eps={sorted(other)[0]} (now {eps:g}); "
-                               f"use another --out to start anew")
-    return rows

@@ -5,11 +5,13 @@ Torch-free, so that metrics and reports load without the model stack.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "ResultsFileError", "read_results"]
+__all__ = ["COLUMNS", "ResultsFileError", "prepare_results", "read_results"]
 
 # Cohen's columns first (idx label predict radius correct), then the cost-sensitive certificate.
 COLUMNS = ("idx", "label", "predict", "radius", "correct", "sensitive", "cs_predict",
@@ -49,3 +51,36 @@ def read_results(path: str | Path, *, repair: bool = False) -> list[dict[str, An
             handle.flush()
             os.fsync(handle.fileno())
     return complete
+
+
+def prepare_results(path: str | Path, columns: Sequence[str], settings: Mapping[str, Any],
+                    kind: str) -> list[dict[str, Any]]:
+    """Create a results file with its header, or check and repair one to resume; return its rows.
+
+    The settings are kept beside the file (``<path>.json``). A file with other columns (another
+    ``kind`` of run) or made with other settings is refused, so that one file never mixes
+    certificates computed differently; a torn last line is cut off.
+    """
+    path = Path(path)
+    meta_path = path.with_name(path.name + ".json")
+    settings = dict(settings)
+    if path.exists() and path.stat().st_size > 0:
+        with path.open(encoding="utf-8") as handle:
+            header = tuple(handle.readline().rstrip("\r\n").split("\t"))
+        if header != tuple(columns):
+            raise ResultsFileError(f"'{path}' has other columns than {kind}; use another "
+                                   f"--out to start anew")
+        if meta_path.exists():
+            previous = json.loads(meta_path.read_text())
+            changed = [f"{key}={previous.get(key)!r} (now {value!r})"
+                       for key, value in settings.items() if previous.get(key) != value]
+            if changed:
+                raise ResultsFileError(f"'{path}' was made with other settings: "
+                                       f"{', '.join(changed)}; use another --out to start anew")
+        rows = read_results(path, repair=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\t".join(columns) + "\n", encoding="utf-8")
+        rows = []
+    meta_path.write_text(json.dumps(settings, indent=2) + "\n")
+    return rows

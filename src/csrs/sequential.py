@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 from scipy.special import betaincc, betaincinv, betaln, ndtri
 
-from csrs.stats import ABSTAIN
+from csrs.stats import ABSTAIN, as_counts
 
 __all__ = [
     "ABSTAIN",
@@ -196,7 +196,7 @@ class SequentialTest:
                  sigma: float, alpha: float, costly: Sequence[int] | None = None,
                  n_max: int = 100_000, method: Method = DEFAULT_METHOD,
                  looks: Sequence[int] | None = None) -> None:
-        selection = _counts(selection_counts, "selection_counts")
+        selection = as_counts(selection_counts, "selection_counts")
         if selection.sum() == 0:
             raise ValueError("selection_counts are all zero; need n0 >= 1 samples")
         if not (isinstance(eps, (int, float)) and eps >= 0 and math.isfinite(eps)):
@@ -250,7 +250,7 @@ class SequentialTest:
         test stops here, else None (then sample up to the new ``next_look``)."""
         if self.decision is not None:
             raise RuntimeError("this test has already stopped; read .decision")
-        estimation = _counts(counts, "counts")
+        estimation = as_counts(counts, "counts")
         n = int(estimation.sum())
         if estimation.size != self.num_classes or n != self.next_look:
             raise ValueError(f"expected counts of {self.next_look} samples over "
@@ -332,13 +332,3 @@ def run_test(test: SequentialTest, draw: Callable[[int, int], np.ndarray]) -> De
         done = test.next_look
         test.update(counts)
     return test.decision
-
-
-def _counts(counts: Sequence[int] | np.ndarray, name: str) -> np.ndarray:
-    array = np.asarray(counts)
-    if array.ndim != 1 or array.size < 2:
-        raise ValueError(f"{name} must be a 1-D array of at least 2 class counts; "
-                         f"got shape {array.shape}")
-    if (array < 0).any() or not np.all(np.mod(array, 1) == 0):
-        raise ValueError(f"{name} must be non-negative integers; got {array.tolist()}")
-    return array.astype(np.int64)

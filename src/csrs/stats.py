@@ -117,8 +117,8 @@ def certify_counts(selection_counts: Sequence[int] | np.ndarray,
     prediction inside Omega_y is returned with ``is_costly=True`` and radius 0: it is never
     cost-sensitive robust, whatever its radius.
     """
-    selection = _as_counts(selection_counts, "selection_counts")
-    estimation = _as_counts(estimation_counts, "estimation_counts")
+    selection = as_counts(selection_counts, "selection_counts")
+    estimation = as_counts(estimation_counts, "estimation_counts")
     if selection.shape != estimation.shape:
         raise ValueError(f"selection and estimation counts cover different numbers of classes: "
                          f"{selection.size} vs {estimation.size}")
@@ -159,8 +159,8 @@ def cohen_certify_counts(selection_counts: Sequence[int] | np.ndarray,
     c_A comes from the selection counts; pA_lower is the one-sided Clopper-Pearson bound at alpha
     on the estimation counts; abstain when pA_lower < 1/2, else radius = sigma * PhiInv(pA_lower).
     """
-    selection = _as_counts(selection_counts, "selection_counts")
-    estimation = _as_counts(estimation_counts, "estimation_counts")
+    selection = as_counts(selection_counts, "selection_counts")
+    estimation = as_counts(estimation_counts, "estimation_counts")
     _check_sigma(sigma)
     n = int(estimation.sum())
     if n == 0:
@@ -176,7 +176,7 @@ def cohen_predict_counts(counts: Sequence[int] | np.ndarray, *, alpha: float) ->
     """Return Cohen et al.'s PREDICT on counts: the top class, or ABSTAIN unless a two-sided
     binomial test of the top two counts rejects equality at level alpha (then the returned class
     differs from the smoothed classifier's with probability at most alpha)."""
-    counts = _as_counts(counts, "counts")
+    counts = as_counts(counts, "counts")
     _check_alpha(alpha)
     order = np.argsort(-counts, kind="stable")
     top, runner_up = int(counts[order[0]]), int(counts[order[1]]) if counts.size > 1 else 0
@@ -204,7 +204,7 @@ def true_cs_radius(probabilities: Sequence[float] | np.ndarray, costly: Sequence
     return sigma / 2 * (_phi_inv(p[~inside].max()) - _phi_inv(p[inside].max()))
 
 
-def _as_counts(counts: Sequence[int] | np.ndarray, name: str) -> np.ndarray:
+def as_counts(counts: Sequence[int] | np.ndarray, name: str) -> np.ndarray:
     array = np.asarray(counts)
     if array.ndim != 1 or array.size < 2:
         raise ValueError(f"{name} must be a 1-D array of at least 2 class counts; "
