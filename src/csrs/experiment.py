@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 __all__ = ["ExperimentConfig", "Setting", "demo_config", "load_config", "parse_config",
            "run_experiment"]
@@ -229,8 +230,7 @@ class _Progress:
         self.done += 1
         if not self.quiet:
             elapsed = time.perf_counter() - self.start
-            print(f"[{self.done}/{self.total} {elapsed:5.0f}s] {text}", file=sys.stderr,
-                  flush=True)
+            tqdm.write(f"[{self.done}/{self.total} {elapsed:5.0f}s] {text}", file=sys.stderr)
 
 
 def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = False,
