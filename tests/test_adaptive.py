@@ -178,3 +178,14 @@ def test_cli_adaptive_certify_resume_and_report(digits_checkpoint, tmp_path, cap
     assert main(["certify", str(digits_checkpoint), "--out", str(whole), "--adaptive",
                  "--quiet"]) == 2
     assert "--adaptive needs --eps" in capsys.readouterr().err
+
+
+def test_smoothed_classifier_decide_matches_the_function(checkpoint, digits):
+    smoothed = _smoothed(checkpoint)
+    x, y = next((x, y) for x, y in digits.test if y == 3)
+    cost = checkpoint.cost_matrix()
+    method_result = smoothed.decide(x, eps=0.25, costly=cost.costly(y), alpha=0.01, n0=20,
+                                    n_max=2000, index=5)
+    assert method_result == decide(smoothed, x, eps=0.25, costly=cost.costly(y), alpha=0.01,
+                                   n0=20, n_max=2000, index=5)
+    assert method_result.samples <= 2020

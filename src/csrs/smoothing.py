@@ -190,6 +190,20 @@ class SmoothedClassifier:
         counts = self.sample_counts(x, n, batch_size=batch_size, index=index, stage=PREDICTION)
         return cohen_predict_counts(counts, alpha=alpha)
 
+    def decide(self, x: torch.Tensor, *, eps: float, costly: Sequence[int] | None = None,
+               alpha: float = 0.001, n0: int = 100, n_max: int = 100_000,
+               batch_size: int = 1000, index: int = 0, method: str = "looks"):
+        """Return the sequential decision "is ``x`` certified at radius ``eps``?" (a
+        :class:`csrs.sequential.Decision`), spending samples only until the answer is known.
+
+        For every input, P(certified and R*(p) < eps) <= alpha whatever the stopping time;
+        ``costly=None`` is the standard certificate. See :func:`csrs.adaptive.decide`.
+        """
+        from csrs.adaptive import decide  # adaptive builds on this module
+
+        return decide(self, x, eps=eps, costly=costly, alpha=alpha, n0=n0, n_max=n_max,
+                      batch_size=batch_size, index=index, method=method)
+
     def _selection_and_estimation(self, x: torch.Tensor, n0: int, n: int, batch_size: int,
                                   index: int) -> tuple[np.ndarray, np.ndarray]:
         _check_n(n0, "n0")
