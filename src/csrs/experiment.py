@@ -40,7 +40,9 @@ __all__ = ["ExperimentConfig", "Setting", "demo_config", "load_config", "parse_c
 COST_BLIND = ("cohen", "macer")
 KNOWN_METHODS = ("cohen", "cohen-r", "macer", "csrs")
 SUMMARY_COLUMNS = ("dataset", "cost", "method", "acc", "rob_cs", "rob_cs_std", "rob_non_std",
-                   "acc_sd", "rob_cs_sd", "seeds", "hparams", "examples", "sensitive")
+                   "acc_sd", "rob_cs_sd", "seeds", "hparams", "examples", "sensitive",
+                   "adaptive_acc", "adaptive_rob_cs", "adaptive_rob_non_std",
+                   "adaptive_mean_samples")
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ class ExperimentConfig:
 _TRAIN_KEYS = {"epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones",
                "lr_decay", "warmup_epochs"}
 _CERTIFY_DEFAULTS = {"n0": 100, "n": 100_000, "alpha": 0.001, "bounds": "sound", "batch": 1000,
-                     "max_examples": None, "skip": 1}
+                     "max_examples": None, "skip": 1, "adaptive_n": 0}
 _TUNING_DEFAULTS = {"val_fraction": 0.2, "n0": 100, "n": 1000, "max_acc_drop": 0.03,
                     "max_examples": None}
 _TOP_KEYS = {"name", "description", "sigma", "eps", "seeds", "data_seed", "device", "amp",
@@ -188,7 +190,8 @@ def demo_config(*, quick: bool = False) -> ExperimentConfig:
     data = tomllib.loads(files("csrs").joinpath("demo.toml").read_text(encoding="utf-8"))
     if quick:
         data["train"] = {**data["train"], "epochs": 1}
-        data["certify"] = {**data["certify"], "n0": 10, "n": 50, "max_examples": 24}
+        data["certify"] = {**data["certify"], "n0": 10, "n": 50, "max_examples": 24,
+                           "adaptive_n": 500}
         data["tuning"] = {**data["tuning"], "n0": 10, "n": 50, "max_examples": 24}
         data["methods"]["cohen-r"] = {"weight": [1.2, 2.0]}
         data["methods"]["csrs"] = {"gamma2": [8.0, 16.0]}
@@ -239,11 +242,12 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
     the summary, report and plots; return the summary rows."""
     import torch
 
+    from csrs.adaptive import certify_dataset_adaptive
     from csrs.certify import CertifySettings, certify_dataset, select_indices
     from csrs.checkpoint import load_checkpoint
     from csrs.costs import CostMatrix
     from csrs.data import load_dataset, validation_split
-    from csrs.metrics import summarize
+    from csrs.metrics import summarize, summarize_decisions
     from csrs.report import write_experiment_report
     from csrs.results import read_results
     from csrs.smoothing import SmoothedClassifier
@@ -338,10 +342,26 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
         rows = certify_into(chosen.checkpoint, splits.test, cost, test_path,
                             certify_opts["n0"], certify_opts["n"], certify_opts["max_examples"],
                             certify_opts["skip"])
-        results.append({"setting": setting, "seed": seed, "method": method,
-                        "hparams": _tag(chosen.hparams, sep=", ", eq="="), "path": test_path,
-                        "checkpoint": chosen.checkpoint, "summary": summarize(rows, config.eps)})
+        result = {"setting": setting, "seed": seed, "method": method,
+                  "hparams": _tag(chosen.hparams, sep=", ", eq="="), "path": test_path,
+                  "checkpoint": chosen.checkpoint, "summary": summarize(rows, config.eps)}
         del rows
+        if certify_opts["adaptive_n"]:
+            # The sequential test at eps with up to adaptive_n samples: the paper's n = 100,000
+            # for the price of a few thousand samples per example.
+            checkpoint = load_checkpoint(chosen.checkpoint)
+            smoothed = SmoothedClassifier(checkpoint.build_model(config.device),
+                                          cost.num_classes, config.sigma, device=config.device,
+                                          amp=config.amp)
+            decided = certify_dataset_adaptive(
+                smoothed, splits.test, cost, eps=config.eps, alpha=certify_opts["alpha"],
+                n0=certify_opts["n0"], n_max=certify_opts["adaptive_n"],
+                batch_size=certify_opts["batch"],
+                indices=select_indices(len(splits.test), skip=certify_opts["skip"],
+                                       max_examples=certify_opts["max_examples"]),
+                out=test_path.with_name(test_path.stem + "-adaptive.tsv"), progress=not quiet)
+            result["adaptive"] = summarize_decisions(decided)
+        results.append(result)
     convex_rows = []
     if config.zhang_evans:
         convex_rows = _zhang_evans_comparison(config, out, results, splits_cache, progress,
@@ -493,5 +513,9 @@ def _aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[metric] = float(np.mean(values))
             if metric in ("acc", "rob_cs"):
                 row[f"{metric}_sd"] = float(np.std(values)) if len(values) > 1 else 0.0
+        if all("adaptive" in g for g in group):
+            for metric in ("acc", "rob_cs", "rob_non_std", "mean_samples"):
+                row[f"adaptive_{metric}"] = float(np.mean([g["adaptive"][metric]
+                                                           for g in group]))
         rows.append(row)
     return rows

@@ -234,6 +234,18 @@ def write_experiment_report(out: Path, *, title: str, description: str, sigma: f
                   + (f"; mean over {seeds} seeds" if seeds > 1 else "") + ".", "",
                   markdown_table(shown, table_columns, headers={"hparams": "chosen"},
                                  bold_best=table_columns[1:5]), ""]
+        if all("adaptive_rob_cs" in row for row in rows):
+            lines += ["Decided at eps by the sequential test (`csrs certify --adaptive`): the "
+                      "same alpha, up to `certify.adaptive_n` samples per example (the demo: "
+                      "the paper's n = 100,000), stopping as soon as the answer is known:", "",
+                      markdown_table(shown, ["method", "adaptive_acc", "adaptive_rob_cs",
+                                             "adaptive_rob_non_std", "adaptive_mean_samples"],
+                                     headers={"adaptive_acc": "Acc",
+                                              "adaptive_rob_cs": "Rob_cs",
+                                              "adaptive_rob_non_std": "Rob_non^(std)",
+                                              "adaptive_mean_samples": "mean samples"},
+                                     bold_best=["adaptive_acc", "adaptive_rob_cs",
+                                                "adaptive_rob_non_std"]), ""]
         key = test_groups[(dataset, cost)][0]["key"]
         curve = plot_method_curves(test_groups[(dataset, cost)], out / f"curves_{key}.png",
                                    metric="rob_cs", eps_max=eps_max,
