@@ -116,3 +116,4 @@ def test_bad_sample_sizes(hyperplane):
         smoothed.certify(hyperplane[1], costly=[1], n0=0, n=10)
     with pytest.raises(ValueError, match="batch_size"):
         smoothed.sample_counts(hyperplane[1], 10, batch_size=0)
+

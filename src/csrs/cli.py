@@ -102,6 +102,11 @@ def _add_certify(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="channels_last memory format for image models (GPU)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model's forward pass (GPU; the first batches "
+                             "pay for compilation)")
     parser.add_argument("--eps", type=_nonnegative_float, default=None,
                         help="radius to decide at (with --adaptive or --convex)")
     parser.add_argument("--adaptive", action="store_true",
@@ -157,7 +162,8 @@ def _certify_smoothed(args: argparse.Namespace, context) -> int:
         return _fail("--adaptive certifies in one process only; launch it without torchrun")
     sigma = args.sigma or checkpoint.sigma
     smoothed = SmoothedClassifier(checkpoint.build_model(context.device), checkpoint.num_classes,
-                                  sigma, device=context.device, seed=args.seed, amp=args.amp)
+                                  sigma, device=context.device, seed=args.seed, amp=args.amp,
+                                  channels_last=args.channels_last, compile=args.compile)
     settings = CertifySettings(n0=args.n0, n=args.n, alpha=args.alpha, bounds=args.bounds,
                                sigma=sigma, seed=args.seed, cost=cost.spec(),
                                noise_block=smoothed.noise_block)
