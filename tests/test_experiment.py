@@ -99,3 +99,25 @@ def test_shipped_experiment_configs_parse():
 def test_grid_without_validation_split_is_refused():
     with pytest.raises(ValueError, match="needs a validation split"):
         parse_config({**TINY, "tuning": {"val_fraction": 0.0}})
+
+
+def test_experiment_hands_its_runs_to_torchrun(tmp_path):
+    """With a launcher, training (DDP over 2 processes) and test certification run under
+    torchrun, and the experiment reads their checkpoint and results back."""
+    import os
+    import sys
+
+    from csrs.checkpoint import load_checkpoint
+    from csrs.results import read_results
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    tiny = {**TINY, "methods": {"cohen": {}}, "tuning": {"val_fraction": 0.0},
+            "train": {"epochs": 1, "lr": 0.05, "batch_size": 32}}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2"]
+    launched = run_experiment(parse_config({**tiny, "launcher": launcher}), tmp_path / "ddp",
+                              quiet=True)
+    checkpoint = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "digits" / "cohen-s0.pt")
+    assert checkpoint.meta["epoch"] == 1 and checkpoint.meta["method"] == "cohen"
+    rows = read_results(tmp_path / "ddp" / "results" / "digits_3to5" / "cohen-s0.tsv")
+    assert len(rows) == launched[0]["examples"] == 20

@@ -23,6 +23,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shlex
+import subprocess
 import sys
 import time
 import tomllib
@@ -80,6 +82,7 @@ class ExperimentConfig:
     description: str = ""
     threads: int | None = None
     zhang_evans: dict[str, Any] = field(default_factory=dict)
+    launcher: list[str] = field(default_factory=list)
 
 
 _TRAIN_KEYS = {"epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones",
@@ -89,7 +92,8 @@ _CERTIFY_DEFAULTS = {"n0": 100, "n": 100_000, "alpha": 0.001, "bounds": "sound",
 _TUNING_DEFAULTS = {"val_fraction": 0.2, "n0": 100, "n": 1000, "max_acc_drop": 0.03,
                     "max_examples": None}
 _TOP_KEYS = {"name", "description", "sigma", "eps", "seeds", "data_seed", "device", "amp",
-             "threads", "settings", "methods", "train", "certify", "tuning", "zhang_evans"}
+             "threads", "settings", "methods", "train", "certify", "tuning", "zhang_evans",
+             "launcher"}
 _ZHANG_EVANS_DEFAULTS = {"costs": [], "eps": [0.25], "kappa": 1.0, "eps_warmup": 5,
                          "arch": "convex-mlp", "epochs": 20, "lr": 0.05}
 _SETTING_KEYS = {"dataset", "cost", "costs", "arch", "data_dir", "image_size"}
@@ -157,7 +161,9 @@ def parse_config(data: Mapping[str, Any], *, name: str = "experiment") -> Experi
         eps=float(data.get("eps", 0.5)), seeds=[int(s) for s in data.get("seeds", [0])],
         data_seed=int(data.get("data_seed", 0)), train=train, certify=certify, tuning=tuning,
         device=str(data.get("device", "cpu")), amp=bool(data.get("amp", False)),
-        threads=int(data["threads"]) if "threads" in data else None, zhang_evans=zhang_evans)
+        threads=int(data["threads"]) if "threads" in data else None, zhang_evans=zhang_evans,
+        launcher=shlex.split(data["launcher"]) if isinstance(data.get("launcher"), str)
+        else [str(part) for part in data.get("launcher", [])])
     grids = [m for m, grid in methods.items() if any(len(v) > 1 for v in grid.values())]
     if not 0 <= float(tuning["val_fraction"]) < 1:
         raise ValueError(f"tuning: val_fraction must be in [0, 1); got {tuning['val_fraction']}")
@@ -274,7 +280,18 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
     candidates_log: list[dict[str, Any]] = []
 
     def certify_into(checkpoint_path: Path, dataset: Any, cost: CostMatrix, path: Path,
-                     n0: int, n: int, max_examples: int | None, skip: int = 1) -> list[dict]:
+                     n0: int, n: int, max_examples: int | None, skip: int = 1,
+                     split: str | None = None) -> list[dict]:
+        if config.launcher and split is not None:
+            argv = ["certify", str(checkpoint_path), "--out", str(path), "--split", split,
+                    "--cost", cost.spec(), "--n0", str(n0), "--n", str(n),
+                    "--alpha", str(certify_opts["alpha"]), "--bounds", certify_opts["bounds"],
+                    "--batch", str(certify_opts["batch"]), "--skip", str(skip),
+                    "--device", config.device, "--quiet"]
+            argv += ["--max", str(max_examples)] if max_examples else []
+            argv += ["--amp"] if config.amp else []
+            _launch(config.launcher, argv)
+            return read_results(path)
         checkpoint = load_checkpoint(checkpoint_path)
         smoothed = SmoothedClassifier(checkpoint.build_model(config.device), cost.num_classes,
                                       config.sigma, device=config.device, amp=config.amp)
@@ -309,7 +326,8 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
                            f"{setting.dataset} cost '{train_cost}' seed {seed}"
                            + (" [done]" if done else ""))
             if not done:
-                _train_measured(train, TrainConfig(
+                _train_measured(_launched_train(config.launcher) if config.launcher else train,
+                                TrainConfig(
                     dataset=setting.dataset, method=method, sigma=config.sigma,
                     out=run.checkpoint, cost=train_cost, arch=setting.arch,
                     data_dir=setting.data_dir, seed=seed, device=config.device, amp=config.amp,
@@ -341,7 +359,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
                        f"split of {setting.dataset} for cost '{setting.cost}'")
         rows = certify_into(chosen.checkpoint, splits.test, cost, test_path,
                             certify_opts["n0"], certify_opts["n"], certify_opts["max_examples"],
-                            certify_opts["skip"])
+                            certify_opts["skip"], split="test")
         result = {"setting": setting, "seed": seed, "method": method,
                   "hparams": _tag(chosen.hparams, sep=", ", eq="="), "path": test_path,
                   "checkpoint": chosen.checkpoint, "summary": summarize(rows, config.eps)}
@@ -408,12 +426,56 @@ def _train_measured(train: Callable[..., Any], train_config: Any, *, splits: Any
                     quiet: bool) -> None:
     """Train, then keep seconds per epoch and the process's peak RSS beside the checkpoint
     (``<checkpoint>.stats.json``): the cost columns of the Table 4 comparison."""
+    from csrs.checkpoint import load_checkpoint
+
     resettable = _peak_rss_reset()
-    result = train(train_config, splits=splits, progress=not quiet)
-    seconds = [entry["seconds"] for entry in result.history if "seconds" in entry]
+    train(train_config, splits=splits, progress=not quiet)
+    # Memory is this process's: meaningless when a launcher trained in other processes.
+    in_process = getattr(train, "__name__", "") != "train_launched"
+    history = load_checkpoint(train_config.out).training.get("history", [])
+    seconds = [entry["seconds"] for entry in history if "seconds" in entry]
     stats = {"seconds_per_epoch": float(np.median(seconds)) if seconds else float("nan"),
-             "peak_rss_mb": _peak_rss_mb() if resettable else float("nan")}
+             "peak_rss_mb": _peak_rss_mb() if resettable and in_process else float("nan")}
     Path(str(train_config.out) + ".stats.json").write_text(json.dumps(stats) + "\n")
+
+
+def _launch(launcher: list[str], argv: list[str]) -> None:
+    """Run ``csrs ARGV`` under ``launcher`` (e.g. torchrun); a failure ends the experiment."""
+    executable = Path(sys.executable).with_name("csrs")
+    command = [*launcher, "--no-python", "--", str(executable) if executable.exists() else "csrs",
+               *argv]
+    finished = subprocess.run(command, check=False)
+    if finished.returncode != 0:
+        raise ValueError(f"'{' '.join(command[:8])} ...' failed with exit status "
+                         f"{finished.returncode}; re-run the experiment to continue")
+
+
+def _launched_train(launcher: list[str]) -> Callable[..., Any]:
+    """A stand-in for :func:`csrs.training.train` that runs ``csrs train`` under ``launcher``
+    (torchrun: DistributedDataParallel over its processes); the checkpoint is its result."""
+
+    def train_launched(config: Any, *, splits: Any = None, progress: bool = True) -> None:
+        argv = ["train", "--dataset", config.dataset, "--method", config.method,
+                "--sigma", str(config.sigma), "--epochs", str(config.epochs),
+                "--out", str(config.out), "--batch-size", str(config.batch_size),
+                "--lr", str(config.lr), "--momentum", str(config.momentum),
+                "--weight-decay", str(config.weight_decay), "--lr-decay", str(config.lr_decay),
+                "--seed", str(config.seed), "--data-seed", str(config.data_seed),
+                "--val-fraction", str(config.val_fraction), "--device", config.device,
+                "--warmup-epochs", str(config.warmup_epochs), "--resume"]
+        optional = {"--cost": config.cost, "--arch": config.arch, "--data-dir": config.data_dir,
+                    "--image-size": config.data_options.get("image_size"),
+                    "--milestones": None if config.milestones is None
+                    else ",".join(map(str, config.milestones))}
+        argv += [part for flag, value in optional.items() if value is not None
+                 for part in (flag, str(value))]
+        for name, value in config.hparams.items():
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+        argv += ["--amp"] if config.amp else []
+        argv += [] if progress else ["--quiet"]
+        _launch(launcher, argv)
+
+    return train_launched
 
 
 def _train_stats(checkpoint: Path) -> dict[str, float]:
