@@ -41,7 +41,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from csrs.costs import CostMatrix
-from csrs.models import Normalize
+from csrs.models import Normalize, mlp
 from csrs.objectives import LossParts
 from csrs.results import prepare_results
 
@@ -53,7 +53,6 @@ __all__ = [
     "certify_dataset_convex",
     "check_convex_supported",
     "convex_cnn",
-    "convex_mlp",
     "convex_sequential",
     "cost_sensitive_robust_loss",
     "eps_schedule",
@@ -68,18 +67,6 @@ _SUPPORTED = "Linear, Conv2d, ReLU, Flatten (and csrs Normalize in front)"
 
 # ---------------------------------------------------------------------------------------------
 # Architectures the dual network can read
-
-
-def convex_mlp(num_classes: int, input_shape: tuple[int, ...], hidden: int = 256) -> nn.Sequential:
-    """Returns flatten + two hidden ReLU layers of width ``hidden`` + a linear output layer."""
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(math.prod(input_shape), hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, num_classes),
-    )
 
 
 def convex_cnn(num_classes: int, input_shape: tuple[int, ...]) -> nn.Sequential:
@@ -103,7 +90,7 @@ def convex_cnn(num_classes: int, input_shape: tuple[int, ...]) -> nn.Sequential:
 
 
 CONVEX_ARCHITECTURES: dict[str, Callable[[int, tuple[int, ...]], nn.Sequential]] = {
-    "convex-mlp": convex_mlp,
+    "convex-mlp": mlp,  # csrs's MLP is already Flatten/Linear/ReLU only
     "convex-cnn": convex_cnn,
 }
 
