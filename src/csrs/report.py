@@ -196,7 +196,8 @@ def _verdict(summary: Sequence[Mapping[str, Any]]) -> list[str]:
             drop = by_method["cohen"]["acc"] - ours["acc"]
             parts.append(f"Acc {ours['acc']:.3f}, {drop:+.3f} below Cohen's "
                          f"({'holds' if drop <= 0.03 else 'does not hold'})")
-        bullets.append(f"- {dataset}, cost '{cost}': " + "; ".join(parts) + ".")
+        if parts:
+            bullets.append(f"- {dataset}, cost '{cost}': " + "; ".join(parts) + ".")
     return bullets
 
 
