@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from csrs.costs import CostMatrix
-from csrs.results import prepare_results
+from csrs.results import append_rows, prepare_results
 from csrs.sequential import (
     ADAPTIVE_COLUMNS,
     DEFAULT_METHOD,
@@ -147,8 +147,7 @@ def certify_dataset_adaptive(smoothed: SmoothedClassifier, dataset: Dataset,
             label = labels.pop(finished.index)
             row = _row(finished, label, cost_matrix.costly(label), eps)
             if handle is not None:
-                handle.write("\t".join(row[column] for column in ADAPTIVE_COLUMNS) + "\n")
-                handle.flush()
+                append_rows(handle, [row], ADAPTIVE_COLUMNS)
             rows.append(row)
             bar.update(1)
     finally:
@@ -275,7 +274,7 @@ def _count_pieces(smoothed: SmoothedClassifier, pieces: list[tuple[_Example, int
     for example, stage, start, stop in pieces:
         noise = (_selection_noise(smoothed, example, n0)[start:stop] if stage == SELECTION
                  else _estimation_noise(smoothed, example, start, stop, estimation_block))
-        noises.append(noise * smoothed.sigma)
+        noises.append(noise)
         inputs.append(example.x.expand(stop - start, *example.x.shape))
     labels = smoothed._classify(torch.cat(inputs) + torch.cat(noises))
     sizes = torch.tensor([stop - start for _, _, start, stop in pieces], device=labels.device)
@@ -286,7 +285,7 @@ def _count_pieces(smoothed: SmoothedClassifier, pieces: list[tuple[_Example, int
 
 
 def _selection_noise(smoothed: SmoothedClassifier, example: _Example, n0: int) -> torch.Tensor:
-    """The n0 selection noise draws (unit variance), exactly as fixed-n certification's."""
+    """The n0 selection noise draws, exactly as fixed-n certification's."""
     block = min(smoothed.noise_block, n0)
     return torch.cat([smoothed._noise(example.index, SELECTION, number, block, example.x.shape,
                                       example.x.dtype)
@@ -295,7 +294,7 @@ def _selection_noise(smoothed: SmoothedClassifier, example: _Example, n0: int) -
 
 def _estimation_noise(smoothed: SmoothedClassifier, example: _Example, start: int, stop: int,
                       block_size: int) -> torch.Tensor:
-    """Unit-variance estimation noise draws start..stop-1 of the example's stream, keeping the
+    """Estimation noise draws start..stop-1 of the example's stream, keeping the
     last block it touches (the next look usually continues inside it)."""
     parts = []
     for number in range(start // block_size, (stop - 1) // block_size + 1):

@@ -89,11 +89,12 @@ class SmoothedClassifier:
     # -- sampling -----------------------------------------------------------------------------
     def _noise(self, index: int, stage: int, block: int, size: int, shape: torch.Size,
                dtype: torch.dtype) -> torch.Tensor:
-        """Return noise block ``block`` of (index, stage), N(0, 1) before sigma: the numbers
+        """Return noise block ``block`` of (index, stage), N(0, sigma^2 I): the numbers
         :meth:`sample_counts_many` draws for it."""
         generator = torch.Generator(device=self.device)
         generator.manual_seed(noise_seed(self.seed, index, stage, block))
-        return torch.randn((size, *shape), generator=generator, device=self.device, dtype=dtype)
+        noise = torch.empty((size, *shape), device=self.device, dtype=dtype)
+        return noise.normal_(0.0, self.sigma, generator=generator)
 
     def _classify(self, batch: torch.Tensor) -> torch.Tensor:
         if self.channels_last and batch.dim() == 4:
@@ -135,8 +136,10 @@ class SmoothedClassifier:
             for block, start in enumerate(range(0, n, block_size)):
                 used = min(block_size, n - start)
                 generator.manual_seed(noise_seed(self.seed, index, stage, block))
-                noise = batch[filled:filled + block_size].normal_(generator=generator)
-                noise[:used].mul_(self.sigma).add_(inputs[row])
+                # sigma inside normal_ saves a pass over the block (a few % of an MLP batch).
+                noise = batch[filled:filled + block_size].normal_(0.0, self.sigma,
+                                                                  generator=generator)
+                noise[:used].add_(inputs[row])
                 owners[filled:filled + used].fill_(slot * self.num_classes)
                 filled += used
                 done = 0

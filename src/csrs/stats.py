@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy.stats import beta, binomtest, norm
+
+# scipy.special rather than scipy.stats' distribution objects: the same Boost routines (the values
+# are identical), without the ~50 us of argument handling per call that showed up in the
+# certification profile of small models.
+from scipy.special import betaincinv, ndtri
+from scipy.stats import binomtest
 
 __all__ = [
     "ABSTAIN",
@@ -35,7 +40,7 @@ def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
     _check_alpha(alpha)
     if successes <= 0:
         return 0.0
-    return float(beta.ppf(alpha, successes, trials - successes + 1))
+    return float(betaincinv(successes, trials - successes + 1, alpha))
 
 
 def clopper_pearson_upper(successes: int, trials: int, alpha: float) -> float:
@@ -43,11 +48,11 @@ def clopper_pearson_upper(successes: int, trials: int, alpha: float) -> float:
     _check_alpha(alpha)
     if successes >= trials:
         return 1.0
-    return float(beta.ppf(1.0 - alpha, successes + 1, trials - successes))
+    return float(betaincinv(successes + 1, trials - successes, 1.0 - alpha))
 
 
 def _phi_inv(p: float) -> float:
-    return float(norm.ppf(p))
+    return float(ndtri(p))
 
 
 @dataclass(frozen=True)
