@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from csrs import distributed
 from csrs.costs import CostMatrix
-from csrs.results import COLUMNS, prepare_results
+from csrs.results import COLUMNS, append_rows, prepare_results
 from csrs.smoothing import ESTIMATION, SELECTION, SmoothedClassifier
 from csrs.stats import Bounds, certify_counts, cohen_certify_counts
 
@@ -145,8 +145,7 @@ def certify_dataset(smoothed: SmoothedClassifier, dataset: Dataset, cost_matrix:
             mine = _certify_chunk(smoothed, dataset, chunk, cost_matrix, settings, batch_size)
             new_rows = [row for part in distributed.all_gather_object(mine) for row in part]
             if handle is not None:
-                handle.writelines("\t".join(str(r[c]) for c in COLUMNS) + "\n" for r in new_rows)
-                handle.flush()
+                append_rows(handle, new_rows, COLUMNS)
             rows.extend(new_rows)
             bar.update(len(round_))
     finally:

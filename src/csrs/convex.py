@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from csrs.costs import CostMatrix
 from csrs.models import Normalize, mlp
 from csrs.objectives import LossParts
-from csrs.results import prepare_results
+from csrs.results import append_rows, prepare_results
 
 __all__ = [
     "CONVEX_ARCHITECTURES",
@@ -378,9 +378,7 @@ def certify_dataset_convex(model: nn.Module, dataset: Dataset, cost_matrix: Cost
                     strict=True)
             ]
             if handle is not None:
-                handle.writelines("\t".join(str(row[c]) for c in CONVEX_COLUMNS) + "\n"
-                                  for row in new_rows)
-                handle.flush()
+                append_rows(handle, new_rows, CONVEX_COLUMNS)
             rows.extend(new_rows)
             bar.update(len(chunk))
     finally:

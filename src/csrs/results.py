@@ -9,9 +9,9 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-__all__ = ["COLUMNS", "ResultsFileError", "prepare_results", "read_results"]
+__all__ = ["COLUMNS", "ResultsFileError", "append_rows", "prepare_results", "read_results"]
 
 # Cohen's columns first (idx label predict radius correct), then the cost-sensitive certificate.
 COLUMNS = ("idx", "label", "predict", "radius", "correct", "sensitive", "cs_predict",
@@ -84,3 +84,10 @@ def prepare_results(path: str | Path, columns: Sequence[str], settings: Mapping[
         rows = []
     meta_path.write_text(json.dumps(settings, indent=2) + "\n")
     return rows
+
+
+def append_rows(handle: TextIO, rows: Sequence[Mapping[str, Any]],
+                columns: Sequence[str]) -> None:
+    """Append rows to an open results file and flush, so that a kill loses no finished row."""
+    handle.writelines("\t".join(str(row[column]) for column in columns) + "\n" for row in rows)
+    handle.flush()
