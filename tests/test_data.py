@@ -44,7 +44,7 @@ def test_digits_shapes_range_and_names():
     assert len(data.train) + len(data.test) == 1797
     assert data.class_names == [str(k) for k in range(10)] and data.num_classes == 10
     assert (data.default_cost, data.default_arch, data.mean, data.augment) == (
-        "3", "digits-cnn", None, None)
+        "3", "mlp", None, None)
 
 
 @pytest.mark.parametrize("name", ["digits", "breast-cancer"])

@@ -307,7 +307,7 @@ def load_digits(data_dir: Path | None = None, *, seed: int = 0,
     return DatasetSplits(
         "digits", LabeledTensors(inputs[train], labels[train]),
         LabeledTensors(inputs[test], labels[test]), [str(k) for k in range(10)], (1, 8, 8),
-        None, None, default_cost="3", default_arch="digits-cnn", augment=None)
+        None, None, default_cost="3", default_arch="mlp", augment=None)
 
 
 def load_breast_cancer(data_dir: Path | None = None, *, seed: int = 0,
