@@ -24,10 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from csrs.costs import CostMatrix
-from csrs.results import append_rows, prepare_results
+from csrs.results import ResultsStream, prepare_results
 from csrs.sequential import (
     ADAPTIVE_COLUMNS,
     DEFAULT_METHOD,
@@ -138,24 +137,14 @@ def certify_dataset_adaptive(smoothed: SmoothedClassifier, dataset: Dataset,
             labels[index] = int(label)
             yield index, torch.as_tensor(x), tests_for(cost_matrix.costly(int(label)) or None)
 
-    handle = open(out, "a", encoding="utf-8") if out is not None else None  # noqa: SIM115
-    bar = tqdm(total=len(indices), initial=len(indices) - len(todo), unit="ex",
-               desc=f"adaptive eps={eps:g}", disable=not progress, dynamic_ncols=True)
-    try:
+    with ResultsStream(out, ADAPTIVE_COLUMNS, rows, total=len(indices),
+                       initial=len(indices) - len(todo), desc=f"adaptive eps={eps:g}",
+                       progress=progress) as stream:
         for finished in _decide_many(smoothed, items(), n0=n0, n_max=n_max,
                                      batch_size=batch_size):
             label = labels.pop(finished.index)
-            row = _row(finished, label, cost_matrix.costly(label), eps)
-            if handle is not None:
-                append_rows(handle, [row], ADAPTIVE_COLUMNS)
-            rows.append(row)
-            bar.update(1)
-    finally:
-        bar.close()
-        if handle is not None:
-            handle.close()
-    by_index = {row["idx"]: row for row in rows}
-    return [by_index[str(index)] for index in indices]
+            stream.add([_row(finished, label, cost_matrix.costly(label), eps)])
+    return stream.select(indices)
 
 
 # -- the scheduler --------------------------------------------------------------------------------

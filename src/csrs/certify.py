@@ -16,11 +16,10 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from csrs import distributed
 from csrs.costs import CostMatrix
-from csrs.results import COLUMNS, append_rows, prepare_results
+from csrs.results import COLUMNS, ResultsStream, prepare_results
 from csrs.smoothing import ESTIMATION, SELECTION, SmoothedClassifier
 from csrs.stats import Bounds, certify_counts, cohen_certify_counts
 
@@ -133,27 +132,17 @@ def certify_dataset(smoothed: SmoothedClassifier, dataset: Dataset, cost_matrix:
     todo = [index for index in indices if index not in done]
     per_chunk = max(1, min(256, (4 * batch_size) // (settings.n0 + settings.n)))
     writes = out is not None and context.is_main
-    handle = open(out, "a", encoding="utf-8") if writes else None  # noqa: SIM115
-    bar = tqdm(total=len(indices), initial=len(indices) - len(todo), unit="ex", desc="certify",
-               disable=not (progress and context.is_main), dynamic_ncols=True)
-    try:
+    with ResultsStream(out if writes else None, COLUMNS, rows, total=len(indices),
+                       initial=len(indices) - len(todo), desc="certify",
+                       progress=progress and context.is_main) as stream:
         # Each round, every process certifies its own consecutive part of the next examples;
         # gathered in rank order, the parts are those examples in their original order.
         for round_ in _chunks(todo, per_chunk * context.world_size):
             share = math.ceil(len(round_) / context.world_size)
             chunk = round_[context.rank * share:(context.rank + 1) * share]
             mine = _certify_chunk(smoothed, dataset, chunk, cost_matrix, settings, batch_size)
-            new_rows = [row for part in distributed.all_gather_object(mine) for row in part]
-            if handle is not None:
-                append_rows(handle, new_rows, COLUMNS)
-            rows.extend(new_rows)
-            bar.update(len(round_))
-    finally:
-        bar.close()
-        if handle is not None:
-            handle.close()
-    wanted = set(indices)
-    return [row for row in rows if int(row["idx"]) in wanted]
+            stream.add([row for part in distributed.all_gather_object(mine) for row in part])
+    return stream.select(indices)
 
 
 def _certify_chunk(smoothed: SmoothedClassifier, dataset: Dataset, chunk: list[int],

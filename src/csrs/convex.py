@@ -38,12 +38,11 @@ import torch.nn.functional as F
 from convex_adversarial import DualNetwork
 from torch import Tensor, nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from csrs.costs import CostMatrix
 from csrs.models import Normalize, mlp
 from csrs.objectives import LossParts
-from csrs.results import append_rows, prepare_results
+from csrs.results import ResultsStream, prepare_results
 
 __all__ = [
     "CONVEX_ARCHITECTURES",
@@ -355,10 +354,9 @@ def certify_dataset_convex(model: nn.Module, dataset: Dataset, cost_matrix: Cost
                             "a convex certify run") if out is not None else [])
     done = {int(row["idx"]) for row in rows}
     todo = [index for index in indices if index not in done]
-    handle = open(out, "a", encoding="utf-8") if out is not None else None  # noqa: SIM115
-    bar = tqdm(total=len(indices), initial=len(indices) - len(todo), unit="ex",
-               desc="certify-convex", disable=not progress, dynamic_ncols=True)
-    try:
+    with ResultsStream(out, CONVEX_COLUMNS, rows, total=len(indices),
+                       initial=len(indices) - len(todo), desc="certify-convex",
+                       progress=progress) as stream:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             items = [dataset[index] for index in chunk]
@@ -367,7 +365,7 @@ def certify_dataset_convex(model: nn.Module, dataset: Dataset, cost_matrix: Cost
             began = time.perf_counter()
             cert = certify_convex(model, x, y, costly_table[y], eps)
             seconds = (time.perf_counter() - began) / len(chunk)
-            new_rows = [
+            stream.add([
                 {"idx": index, "label": int(label), "predict": int(predict),
                  "correct": int(correct), "sensitive": int(sensitive),
                  "certified": int(certified), "margin": f"{margin:.6g}", "eps": f"{eps:g}",
@@ -376,14 +374,5 @@ def certify_dataset_convex(model: nn.Module, dataset: Dataset, cost_matrix: Cost
                     chunk, y.tolist(), cert.predict.tolist(), cert.correct.tolist(),
                     cert.sensitive.tolist(), cert.certified.tolist(), cert.margin.tolist(),
                     strict=True)
-            ]
-            if handle is not None:
-                append_rows(handle, new_rows, CONVEX_COLUMNS)
-            rows.extend(new_rows)
-            bar.update(len(chunk))
-    finally:
-        bar.close()
-        if handle is not None:
-            handle.close()
-    wanted = set(indices)
-    return [row for row in rows if int(row["idx"]) in wanted]
+            ])
+    return stream.select(indices)

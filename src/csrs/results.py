@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["COLUMNS", "ResultsFileError", "append_rows", "prepare_results", "read_results"]
+from tqdm.auto import tqdm
+
+__all__ = ["COLUMNS", "ResultsFileError", "ResultsStream", "append_rows", "prepare_results",
+           "read_results"]
 
 # Cohen's columns first (idx label predict radius correct), then the cost-sensitive certificate.
 COLUMNS = ("idx", "label", "predict", "radius", "correct", "sensitive", "cs_predict",
@@ -91,3 +94,39 @@ def append_rows(handle: TextIO, rows: Sequence[Mapping[str, Any]],
     """Append rows to an open results file and flush, so that a kill loses no finished row."""
     handle.writelines("\t".join(str(row[column]) for column in columns) + "\n" for row in rows)
     handle.flush()
+
+
+class ResultsStream:
+    """The rows of a certification run as they finish: appended to its file (when ``path`` is
+    given), kept in memory after the ``rows`` already there, and counted on a progress bar.
+
+    Use as a context manager; the file and the bar are closed however the run ends.
+    """
+
+    def __init__(self, path: str | Path | None, columns: Sequence[str],
+                 rows: list[dict[str, Any]], *, total: int, initial: int, desc: str,
+                 progress: bool) -> None:
+        self.rows = rows
+        self._columns = columns
+        self._handle = open(path, "a", encoding="utf-8") if path is not None else None  # noqa: SIM115
+        self._bar = tqdm(total=total, initial=initial, unit="ex", desc=desc,
+                         disable=not progress, dynamic_ncols=True)
+
+    def add(self, rows: Sequence[dict[str, Any]]) -> None:
+        if self._handle is not None:
+            append_rows(self._handle, rows, self._columns)
+        self.rows.extend(rows)
+        self._bar.update(len(rows))
+
+    def select(self, indices: Iterable[int]) -> list[dict[str, Any]]:
+        """Return the rows of ``indices``, in that order (each must have finished)."""
+        by_index = {int(row["idx"]): row for row in self.rows}
+        return [by_index[index] for index in indices]
+
+    def __enter__(self) -> ResultsStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._bar.close()
+        if self._handle is not None:
+            self._handle.close()
