@@ -124,6 +124,8 @@ def test_report_writes_table_csv_and_plot(digits_checkpoint, tmp_path, capsys):
     (["certify", "{ckpt}", "--out", "{tmp}/x.tsv", "--cost", "3->12"], "class 12"),
     (["certify", "{ckpt}", "--out", "{tmp}/x.tsv", "--n", "0"], "positive integer"),
     (["certify", "{ckpt}", "--out", "{tmp}/x.tsv", "--alpha", "2"], "(0, 1)"),
+    (["certify", "{ckpt}", "--out", "{tmp}/x.tsv", "--sigma", "nan"], "got nan"),
+    (["certify", "{ckpt}", "--out", "{tmp}/x.tsv", "--eps", "inf", "--adaptive"], "got inf"),
     (["certify", "{ckpt}", "--out", "{tmp}/x.tsv", "--bounds", "loose"], "invalid choice"),
     (["certify", "{foreign}", "--out", "{tmp}/x.tsv"], "not a readable csrs checkpoint"),
     (["report", "{tmp}/none.tsv"], "does not exist"),
