@@ -119,8 +119,6 @@ def certify_dataset_adaptive(smoothed: SmoothedClassifier, dataset: Dataset,
     indices = list(range(len(dataset)) if indices is None else indices)
     rows = (prepare_results(out, ADAPTIVE_COLUMNS, settings.as_dict(), "an adaptive certify run")
             if out is not None else [])
-    done = {row["idx"] for row in rows}
-    todo = [index for index in indices if str(index) not in done]
     labels: dict[int, int] = {}
 
     def tests_for(costly: list[int] | None) -> TestFactory:
@@ -131,20 +129,19 @@ def certify_dataset_adaptive(smoothed: SmoothedClassifier, dataset: Dataset,
                     SequentialTest(selection, eps=eps, costly=costly, **common)]
         return make_tests
 
-    def items() -> Iterator[tuple[int, torch.Tensor, TestFactory]]:
+    def items(todo: list[int]) -> Iterator[tuple[int, torch.Tensor, TestFactory]]:
         for index in todo:
             x, label = dataset[index]
             labels[index] = int(label)
             yield index, torch.as_tensor(x), tests_for(cost_matrix.costly(int(label)) or None)
 
-    with ResultsStream(out, ADAPTIVE_COLUMNS, rows, total=len(indices),
-                       initial=len(indices) - len(todo), desc=f"adaptive eps={eps:g}",
+    with ResultsStream(out, ADAPTIVE_COLUMNS, rows, indices, desc=f"adaptive eps={eps:g}",
                        progress=progress) as stream:
-        for finished in _decide_many(smoothed, items(), n0=n0, n_max=n_max,
+        for finished in _decide_many(smoothed, items(stream.todo), n0=n0, n_max=n_max,
                                      batch_size=batch_size):
             label = labels.pop(finished.index)
             stream.add([_row(finished, label, cost_matrix.costly(label), eps)])
-    return stream.select(indices)
+    return stream.select()
 
 
 # -- the scheduler --------------------------------------------------------------------------------

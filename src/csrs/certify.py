@@ -128,21 +128,18 @@ def certify_dataset(smoothed: SmoothedClassifier, dataset: Dataset, cost_matrix:
     failure, rows = distributed.broadcast_object((failure, rows))
     if failure is not None:
         raise failure
-    done = {int(row["idx"]) for row in rows}
-    todo = [index for index in indices if index not in done]
     per_chunk = max(1, min(256, (4 * batch_size) // (settings.n0 + settings.n)))
     writes = out is not None and context.is_main
-    with ResultsStream(out if writes else None, COLUMNS, rows, total=len(indices),
-                       initial=len(indices) - len(todo), desc="certify",
+    with ResultsStream(out if writes else None, COLUMNS, rows, indices, desc="certify",
                        progress=progress and context.is_main) as stream:
         # Each round, every process certifies its own consecutive part of the next examples;
         # gathered in rank order, the parts are those examples in their original order.
-        for round_ in _chunks(todo, per_chunk * context.world_size):
+        for round_ in _chunks(stream.todo, per_chunk * context.world_size):
             share = math.ceil(len(round_) / context.world_size)
             chunk = round_[context.rank * share:(context.rank + 1) * share]
             mine = _certify_chunk(smoothed, dataset, chunk, cost_matrix, settings, batch_size)
             stream.add([row for part in distributed.all_gather_object(mine) for row in part])
-    return stream.select(indices)
+    return stream.select()
 
 
 def _certify_chunk(smoothed: SmoothedClassifier, dataset: Dataset, chunk: list[int],

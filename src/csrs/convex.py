@@ -352,13 +352,10 @@ def certify_dataset_convex(model: nn.Module, dataset: Dataset, cost_matrix: Cost
     indices = list(range(len(dataset)) if indices is None else indices)
     rows = (prepare_results(out, CONVEX_COLUMNS, {"mode": "convex", "eps": eps},
                             "a convex certify run") if out is not None else [])
-    done = {int(row["idx"]) for row in rows}
-    todo = [index for index in indices if index not in done]
-    with ResultsStream(out, CONVEX_COLUMNS, rows, total=len(indices),
-                       initial=len(indices) - len(todo), desc="certify-convex",
+    with ResultsStream(out, CONVEX_COLUMNS, rows, indices, desc="certify-convex",
                        progress=progress) as stream:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
+        for start in range(0, len(stream.todo), batch_size):
+            chunk = stream.todo[start:start + batch_size]
             items = [dataset[index] for index in chunk]
             x = torch.stack([torch.as_tensor(item[0]) for item in items]).to(device)
             y = torch.as_tensor([int(item[1]) for item in items], device=device)
@@ -375,4 +372,4 @@ def certify_dataset_convex(model: nn.Module, dataset: Dataset, cost_matrix: Cost
                     cert.sensitive.tolist(), cert.certified.tolist(), cert.margin.tolist(),
                     strict=True)
             ])
-    return stream.select(indices)
+    return stream.select()

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["COLUMNS", "ResultsFileError", "ResultsStream", "append_rows", "prepare_results",
-           "read_results"]
+__all__ = ["COLUMNS", "ResultsFileError", "ResultsStream", "prepare_results", "read_results"]
 
 # Cohen's columns first (idx label predict radius correct), then the cost-sensitive certificate.
 COLUMNS = ("idx", "label", "predict", "radius", "correct", "sensitive", "cs_predict",
@@ -89,39 +88,39 @@ def prepare_results(path: str | Path, columns: Sequence[str], settings: Mapping[
     return rows
 
 
-def append_rows(handle: TextIO, rows: Sequence[Mapping[str, Any]],
-                columns: Sequence[str]) -> None:
-    """Append rows to an open results file and flush, so that a kill loses no finished row."""
-    handle.writelines("\t".join(str(row[column]) for column in columns) + "\n" for row in rows)
-    handle.flush()
-
-
 class ResultsStream:
-    """The rows of a certification run as they finish: appended to its file (when ``path`` is
-    given), kept in memory after the ``rows`` already there, and counted on a progress bar.
+    """The rows of a certification run over ``indices``: those already in ``rows`` (read back
+    from its file) are done, the others are ``todo``; new rows are appended to the file (when
+    ``path`` is given) and flushed, so that a kill loses no finished row, kept in memory, and
+    counted on a progress bar.
 
     Use as a context manager; the file and the bar are closed however the run ends.
     """
 
     def __init__(self, path: str | Path | None, columns: Sequence[str],
-                 rows: list[dict[str, Any]], *, total: int, initial: int, desc: str,
+                 rows: list[dict[str, Any]], indices: Sequence[int], *, desc: str,
                  progress: bool) -> None:
         self.rows = rows
+        self.indices = list(indices)
+        done = {int(row["idx"]) for row in rows}
+        self.todo = [index for index in self.indices if index not in done]
         self._columns = columns
         self._handle = open(path, "a", encoding="utf-8") if path is not None else None  # noqa: SIM115
-        self._bar = tqdm(total=total, initial=initial, unit="ex", desc=desc,
-                         disable=not progress, dynamic_ncols=True)
+        self._bar = tqdm(total=len(self.indices), initial=len(self.indices) - len(self.todo),
+                         unit="ex", desc=desc, disable=not progress, dynamic_ncols=True)
 
-    def add(self, rows: Sequence[dict[str, Any]]) -> None:
+    def add(self, rows: Sequence[Mapping[str, Any]]) -> None:
         if self._handle is not None:
-            append_rows(self._handle, rows, self._columns)
+            self._handle.writelines("\t".join(str(row[column]) for column in self._columns)
+                                    + "\n" for row in rows)
+            self._handle.flush()
         self.rows.extend(rows)
         self._bar.update(len(rows))
 
-    def select(self, indices: Iterable[int]) -> list[dict[str, Any]]:
+    def select(self) -> list[dict[str, Any]]:
         """Return the rows of ``indices``, in that order (each must have finished)."""
         by_index = {int(row["idx"]): row for row in self.rows}
-        return [by_index[index] for index in indices]
+        return [by_index[index] for index in self.indices]
 
     def __enter__(self) -> ResultsStream:
         return self
