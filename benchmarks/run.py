@@ -222,7 +222,7 @@ def benchmark_training(arch: str, device: torch.device, amp: bool, batch_size: i
     torch.manual_seed(0)
     model = build_model(arch, num_classes=NUM_CLASSES, input_shape=DIGITS).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    costly_table = torch.tensor(CostMatrix.parse(COST, NUM_CLASSES).matrix.copy(), device=device)
+    costly_table = torch.tensor(CostMatrix.parse(COST, NUM_CLASSES).mask.copy(), device=device)
     generator = torch.Generator(device=device).manual_seed(0)
     x = torch.rand(batch_size, *DIGITS, device=device)
     y = torch.randint(NUM_CLASSES, (batch_size,), device=device)

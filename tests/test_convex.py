@@ -52,7 +52,7 @@ def _exact_linear_margins(model, x, y, eps):
 
 def _train(model, digits, steps, objective):
     x, y = digits.train.tensors[0], torch.as_tensor(digits.train.labels)
-    costly_table = torch.tensor(COST.matrix)
+    costly_table = torch.tensor(COST.mask)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     generator = torch.Generator().manual_seed(0)
     for _ in range(steps):
@@ -125,7 +125,7 @@ def test_certified_examples_survive_pgd_and_bounds_never_exceed_attacks(name, sm
     so a certified example keeps a positive margin against every costly class under attack."""
     model, eps = small_nets[name]
     x, y = _digits_batch(digits, 24)
-    costly = torch.tensor(COST.matrix)[y]
+    costly = torch.tensor(COST.mask)[y]
     cert = certify_convex(model, x, y, costly, eps)
     bounds = margin_lower_bounds(model, x, y, eps).detach()
     assert 0 < int(cert.certified.sum()) < len(y), "eps should certify some examples, not all"
@@ -148,7 +148,7 @@ def test_certificate_uses_costly_classes_for_sensitive_examples_and_all_for_the_
     torch.manual_seed(0)
     model = CONVEX_ARCHITECTURES["convex-mlp"](10, (1, 8, 8))
     x, y = torch.rand(40, 1, 8, 8), torch.arange(40) % 10
-    costly = torch.tensor(COST.matrix)[y]
+    costly = torch.tensor(COST.mask)[y]
     eps = 0.01
     bounds = margin_lower_bounds(model, x, y, eps)
     cert = certify_convex(model, x, y, costly, eps)
@@ -210,7 +210,7 @@ def test_robust_loss_counts_costly_pairs_only():
     torch.manual_seed(0)
     model = CONVEX_ARCHITECTURES["convex-mlp"](10, (1, 8, 8))
     x, y = torch.rand(20, 1, 8, 8), torch.arange(20) % 10
-    costly = torch.tensor(COST.matrix)[y]
+    costly = torch.tensor(COST.mask)[y]
     bounds = margin_lower_bounds(model, x, y, 0.2)
     expected = (F.softplus(-bounds) * costly).sum() / len(y)
     loss = cost_sensitive_robust_loss(model, x, y, costly, 0.2)
@@ -222,7 +222,7 @@ def test_objective_is_clean_cross_entropy_plus_kappa_times_robust_loss():
     torch.manual_seed(0)
     model = CONVEX_ARCHITECTURES["convex-cnn"](10, (1, 8, 8))
     x, y = torch.rand(20, 1, 8, 8), torch.arange(20) % 10
-    costly = torch.tensor(COST.matrix)[y]
+    costly = torch.tensor(COST.mask)[y]
     parts = zhang_evans_objective(model, x, y, costly, eps=0.2, kappa=0.5)
     assert isinstance(parts, LossParts)
     assert torch.allclose(parts.classification, F.cross_entropy(model(x), y))
@@ -236,7 +236,7 @@ def test_a_few_zhang_evans_steps_reduce_the_robust_loss_on_digits(digits):
     torch.manual_seed(0)
     model = CONVEX_ARCHITECTURES["convex-mlp"](10, digits.input_shape)
     x, y = _digits_batch(digits, 200, split="train")
-    costly = torch.tensor(COST.matrix)[y]
+    costly = torch.tensor(COST.mask)[y]
     with torch.no_grad():
         before = float(cost_sensitive_robust_loss(model, x, y, costly, 0.3))
     _train(model, digits, 40, _zhang_evans)

@@ -90,7 +90,7 @@ def test_seedwise_i3_equals_the_macer_gap_of_the_true_class():
     torch.manual_seed(0)
     probs = torch.softmax(torch.randn(64, 10) * 2, dim=1)
     y = torch.randint(0, 10, (64,))
-    matrix = torch.tensor(CostMatrix.seedwise(10, [1, 3, 5]).matrix.copy())
+    matrix = torch.tensor(CostMatrix.seedwise(10, [1, 3, 5]).mask.copy())
     costly = matrix[y]
     sensitive = costly.any(1)
     assert sensitive.any() and not sensitive.all()

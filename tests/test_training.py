@@ -37,7 +37,7 @@ def test_training_reduces_each_methods_loss(tmp_path, small_digits, method):
     cfg = config(tmp_path, method=method, epochs=3, lr=0.05, milestones=(), hparams=hparams)
     x = torch.stack([small_digits.train[i][0] for i in range(64)])
     y = torch.tensor([small_digits.train[i][1] for i in range(64)])
-    costly = torch.tensor(CostMatrix.parse(cfg.cost, 10).matrix.copy())[y]
+    costly = torch.tensor(CostMatrix.parse(cfg.cost, 10).mask.copy())[y]
 
     def loss(model):
         noise = torch.Generator().manual_seed(123)

@@ -348,7 +348,7 @@ def certify_dataset_convex(model: nn.Module, dataset: Dataset, cost_matrix: Cost
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     device = next(model.parameters()).device
-    costly_table = torch.tensor(cost_matrix.matrix, device=device)
+    costly_table = torch.tensor(cost_matrix.mask, device=device)
     indices = list(range(len(dataset)) if indices is None else indices)
     rows = (prepare_results(out, CONVEX_COLUMNS, {"mode": "convex", "eps": eps},
                             "a convex certify run") if out is not None else [])

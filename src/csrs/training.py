@@ -310,7 +310,7 @@ def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
     # The shuffle generator must draw the same order on every process, so with several each
     # augments its own examples from its own generator.
     augment_generator = shuffle_generator if not context.distributed else noise_generator
-    costly_table = torch.tensor(cost.matrix.copy(), device=device)
+    costly_table = torch.tensor(cost.mask.copy(), device=device)
     objective = OBJECTIVES[config.method]
     out = Path(config.out)
 
