@@ -16,6 +16,7 @@ TYPICAL_SHAPES = {
     "cifar-resnet56": (3, 32, 32),
     "cifar-resnet110": (3, 32, 32),
     "resnet18": (3, 64, 64),
+    "resnet50": (3, 64, 64),
     "convex-mlp": (1, 8, 8),
     "convex-cnn": (3, 16, 16),
 }
@@ -38,7 +39,8 @@ def test_architecture_gives_one_logit_per_class(arch):
 
 @pytest.mark.parametrize(
     ("arch", "expected"),
-    # He et al. (2016), Table 6: 0.27M, 0.85M, 1.7M; torchvision's ResNet-18: 11.69M.
+    # He et al. (2016), Table 6: 0.27M, 0.85M, 1.7M (option A); the two 1x1 projection
+    # shortcuts of Cohen et al.'s code add 2,752 parameters.
     [
         ("cifar-resnet20", 0.27e6),
         ("cifar-resnet56", 0.85e6),
@@ -52,7 +54,45 @@ def test_cifar_resnet_parameter_counts_match_the_paper(arch, expected):
 
 def test_resnet18_parameter_count_matches_imagenet_resnet18():
     model = build_model("resnet18", num_classes=1000, input_shape=(3, 160, 160))
-    assert count_parameters(model) == pytest.approx(11.69e6, rel=0.01)
+    # torchvision's resnet18: 11,689,512 parameters.
+    assert count_parameters(model) == 11_689_512
+
+
+def test_resnet50_has_torchvision_names_shapes_and_parameter_count():
+    net = build_model("resnet50", num_classes=1000, input_shape=(3, 224, 224))[1]
+    state = net.state_dict()
+    # torchvision's resnet50: 53 convs + fc (2) + 53 BatchNorms x 5 entries = 320; 25,557,032
+    # parameters.
+    assert len(state) == 320
+    assert count_parameters(net) == 25_557_032
+    expected = {
+        "conv1.weight": (64, 3, 7, 7),
+        "bn1.num_batches_tracked": (),
+        "layer1.0.conv1.weight": (64, 64, 1, 1),
+        "layer1.0.downsample.0.weight": (256, 64, 1, 1),
+        "layer1.0.downsample.1.running_var": (256,),
+        "layer2.0.conv2.weight": (128, 128, 3, 3),
+        "layer3.5.bn3.weight": (1024,),
+        "layer4.0.downsample.0.weight": (2048, 1024, 1, 1),
+        "layer4.2.conv3.weight": (2048, 512, 1, 1),
+        "fc.weight": (1000, 2048),
+        "fc.bias": (1000,),
+    }
+    assert {key: tuple(state[key].shape) for key in expected} == expected
+    assert not any(key.startswith(("layer1.1.downsample", "layer4.1.downsample"))
+                   for key in state)
+    # torchvision's "v1.5": the stride of a stage sits on the 3x3 conv of its first block.
+    assert net.layer2[0].conv2.stride == (2, 2) and net.layer2[0].conv1.stride == (1, 1)
+
+
+def test_cifar_resnet_has_projection_shortcuts_where_the_shape_changes():
+    net = build_model("cifar-resnet110", num_classes=10, input_shape=(3, 32, 32))[1]
+    shortcuts = {key: tuple(value.shape) for key, value in net.state_dict().items()
+                 if key.endswith("downsample.0.weight")}
+    # Cohen et al.'s (and MACER's) ResNet: 1x1 conv + BatchNorm at the start of stages 2 and 3.
+    assert shortcuts == {"layer2.0.downsample.0.weight": (32, 16, 1, 1),
+                         "layer3.0.downsample.0.weight": (64, 32, 1, 1)}
+    assert [len(getattr(net, f"layer{k}")) for k in (1, 2, 3)] == [18, 18, 18]
 
 
 def test_cifar_resnet_takes_other_channel_counts_and_sizes():
@@ -147,7 +187,7 @@ def test_eval_mode_is_deterministic(arch):
         assert torch.equal(model(x), model(x))
 
 
-@pytest.mark.parametrize("arch", ["cifar-resnet20", "resnet18"])
+@pytest.mark.parametrize("arch", ["cifar-resnet20", "resnet18", "resnet50"])
 def test_channels_last_and_bfloat16_autocast_agree_with_float32(arch):
     torch.manual_seed(0)
     shape = TYPICAL_SHAPES[arch]

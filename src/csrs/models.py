@@ -11,11 +11,15 @@ Architectures (``ARCHITECTURES``; one builder and one registry line each):
 - ``mlp``: flatten + two hidden layers of 256 units with ReLU (tabular data, digits).
 - ``digits-cnn`` / ``small-cnn``: two 3x3 convs, a 2x2 max-pool and two linear layers, for
   small images such as the (1, 8, 8) scikit-learn digits.
-- ``cifar-resnet20/56/110``: the CIFAR ResNets of He et al. (2016), Sec. 4.2, with the
-  parameter-free zero-padding shortcut ("option A") of the paper, which gives its parameter
-  counts (0.27M, 0.85M, 1.7M).
-- ``resnet18``: the ImageNet ResNet-18 of He et al. (2016), Table 1, with 1x1 conv + BatchNorm
-  projection shortcuts ("option B"), as in common ImageNet implementations.
+- ``cifar-resnet20/56/110``: the CIFAR ResNets of He et al. (2016), Sec. 4.2, exactly as in
+  Cohen et al.'s and MACER's code: 1x1 conv + BatchNorm projection shortcuts ("option B") where
+  the shape changes (0.27M, 0.86M, 1.73M parameters), so their published weights load
+  (:mod:`csrs.published`).
+- ``resnet18`` / ``resnet50``: the ImageNet ResNets of He et al. (2016), Table 1, with
+  projection shortcuts; ``resnet50`` is torchvision's (Cohen et al.'s ImageNet model).
+
+The ResNets use torchvision's layer names (``conv1``, ``bn1``, ``layer1.0.conv1``,
+``layer2.0.downsample.0``, ``fc``), written here without importing torchvision.
 
 Convolutions use Kaiming-normal initialisation (fan-out, ReLU gain), BatchNorm starts at the
 identity (weight 1, bias 0), linear layers keep PyTorch's default initialisation. Everything is
@@ -33,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ARCHITECTURES", "Normalize", "build_model", "count_parameters"]
+__all__ = ["ARCHITECTURES", "Normalize", "ResNet", "build_model", "count_parameters"]
 
 
 class Normalize(nn.Module):
@@ -141,103 +145,139 @@ def small_cnn(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------
-# Residual networks (He et al., 2016)
+# Residual networks (He et al., 2016), with torchvision's layer names
 
 
-class _ZeroPadShortcut(nn.Module):
-    """Option A shortcut: subsample by ``stride`` and zero-pad the new channels (no parameters)."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int):
-        super().__init__()
-        self.stride = stride
-        self.extra = out_channels - in_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, :: self.stride, :: self.stride]
-        return F.pad(x, (0, 0, 0, 0, 0, self.extra))
+def _projection(in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
+    """Returns the 1x1 conv + BatchNorm shortcut ("option B") where the shape changes, else None."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
 
 
 class _BasicBlock(nn.Module):
-    """Returns ``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))`` with two 3x3 convs."""
+    """Returns ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`` with two 3x3 convs."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, projection: bool):
+    expansion = 1
+
+    def __init__(self, in_channels: int, planes: int, stride: int):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            if projection:
-                self.shortcut = nn.Sequential(
-                    nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                    nn.BatchNorm2d(out_channels),
-                )
-            else:
-                self.shortcut = _ZeroPadShortcut(in_channels, out_channels, stride)
+        self.conv1 = nn.Conv2d(in_channels, planes, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = _projection(in_channels, planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + shortcut)
 
 
-def _stage(
-    in_channels: int, out_channels: int, blocks: int, stride: int, projection: bool
-) -> nn.Sequential:
-    """Returns ``blocks`` basic blocks; only the first changes stride and width."""
-    layers = [_BasicBlock(in_channels, out_channels, stride, projection)]
-    layers += [_BasicBlock(out_channels, out_channels, 1, projection) for _ in range(blocks - 1)]
-    return nn.Sequential(*layers)
+class _Bottleneck(nn.Module):
+    """Returns ``relu(bn3(conv3(...)) + shortcut(x))``: 1x1 down to ``planes``, 3x3, 1x1 up to
+    ``4 * planes``; the stride sits on the 3x3 conv, as in torchvision ("ResNet v1.5")."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.downsample = _projection(in_channels, planes * self.expansion, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + shortcut)
+
+
+class ResNet(nn.Module):
+    """A stem, stages ``layer1..layerK`` of residual blocks, global average pooling and ``fc``.
+
+    The names are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer2.0.downsample.0``,
+    ``fc``), which Cohen et al.'s CIFAR ResNet and MACER's ResNet-110 share, so their weights load
+    as they are. ``imagenet_stem``: a 7x7 stride-2 conv and a 3x3 stride-2 max-pool; otherwise a
+    3x3 conv (CIFAR). Stage k has ``depths[k]`` blocks of width ``widths[k]``; every stage but
+    the first halves the resolution in its first block.
+    """
+
+    def __init__(self, block: type[_BasicBlock | _Bottleneck], widths: Sequence[int],
+                 depths: Sequence[int], num_classes: int, in_channels: int, imagenet_stem: bool):
+        super().__init__()
+        kernel, stride = (7, 2) if imagenet_stem else (3, 1)
+        self.conv1 = nn.Conv2d(in_channels, widths[0], kernel, stride, padding=kernel // 2,
+                               bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if imagenet_stem else nn.Identity()
+        channels = widths[0]
+        for stage, (width, depth) in enumerate(zip(widths, depths, strict=True)):
+            blocks = []
+            for index in range(depth):
+                blocks.append(block(channels, width, 2 if stage > 0 and index == 0 else 1))
+                channels = width * block.expansion
+            self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
+        self.stages = len(widths)
+        # Global pooling: Cohen's and MACER's AvgPool2d(8) on CIFAR's 8x8 maps, for any size.
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        for stage in range(1, self.stages + 1):
+            x = getattr(self, f"layer{stage}")(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 def cifar_resnet(num_classes: int, input_shape: tuple[int, ...], depth: int) -> nn.Module:
-    """Returns the CIFAR ResNet of depth ``6n + 2`` (He et al. 2016, Sec. 4.2).
+    """Returns the CIFAR ResNet of depth ``6n + 2`` (He et al. 2016, Sec. 4.2) of Cohen et al.
 
     A 3x3 conv to 16 channels, then three stages of ``n`` basic blocks with 16, 32, 64 channels
-    (stride 2 at the start of stages 2 and 3, option A zero-padding shortcuts), global average
-    pooling and a linear layer. Global pooling lets it take any (C, H, W) with H, W >= 4.
+    (stride 2 at the start of stages 2 and 3, 1x1 conv + BatchNorm projection shortcuts there),
+    global average pooling and a linear layer: the network of Cohen et al.'s and MACER's code
+    (from bearpaw/pytorch-classification), layer for layer. Global pooling lets it take any
+    (C, H, W) with H, W >= 4.
     """
     if (depth - 2) % 6 != 0 or depth < 8:
         raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1; got {depth}")
     blocks = (depth - 2) // 6
     channels, _, _ = _image_shape(input_shape, min_side=4)
-    model = nn.Sequential(
-        nn.Conv2d(channels, 16, 3, padding=1, bias=False),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        _stage(16, 16, blocks, stride=1, projection=False),
-        _stage(16, 32, blocks, stride=2, projection=False),
-        _stage(32, 64, blocks, stride=2, projection=False),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(64, num_classes),
-    )
-    return _init_weights(model)
+    return _init_weights(ResNet(_BasicBlock, (16, 32, 64), (blocks,) * 3, num_classes, channels,
+                                imagenet_stem=False))
 
 
 def resnet18(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     """Returns the ImageNet ResNet-18 (He et al. 2016, Table 1) for any (C, H, W), H, W >= 32.
 
-    A 7x7 stride-2 conv and 3x3 stride-2 max-pool stem, four stages of two basic blocks with
-    64, 128, 256, 512 channels (option B projection shortcuts), adaptive average pooling and a
-    linear layer.
+    The ImageNet stem, four stages of two basic blocks with 64, 128, 256, 512 channels
+    (projection shortcuts), adaptive average pooling and a linear layer; torchvision's names.
     """
     channels, _, _ = _image_shape(input_shape, min_side=32)
-    model = nn.Sequential(
-        nn.Conv2d(channels, 64, 7, stride=2, padding=3, bias=False),
-        nn.BatchNorm2d(64),
-        nn.ReLU(),
-        nn.MaxPool2d(3, stride=2, padding=1),
-        _stage(64, 64, 2, stride=1, projection=True),
-        _stage(64, 128, 2, stride=2, projection=True),
-        _stage(128, 256, 2, stride=2, projection=True),
-        _stage(256, 512, 2, stride=2, projection=True),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(512, num_classes),
-    )
-    return _init_weights(model)
+    return _init_weights(ResNet(_BasicBlock, (64, 128, 256, 512), (2, 2, 2, 2), num_classes,
+                                channels, imagenet_stem=True))
+
+
+def resnet50(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """Returns the ImageNet ResNet-50 (He et al. 2016, Table 1) for any (C, H, W), H, W >= 32.
+
+    The ImageNet stem, four stages of 3, 4, 6, 3 bottleneck blocks of width 64, 128, 256, 512
+    (outputs 4x wider), adaptive average pooling and a linear layer. Names, shapes and the stride
+    on the 3x3 conv are torchvision's ``resnet50``, the model of Cohen et al.'s ImageNet
+    checkpoints (whose state_dict holds 320 entries, 25.56M parameters at 1000 classes).
+    """
+    channels, _, _ = _image_shape(input_shape, min_side=32)
+    return _init_weights(ResNet(_Bottleneck, (64, 128, 256, 512), (3, 4, 6, 3), num_classes,
+                                channels, imagenet_stem=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,6 +303,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "cifar-resnet56": partial(cifar_resnet, depth=56),
     "cifar-resnet110": partial(cifar_resnet, depth=110),
     "resnet18": resnet18,
+    "resnet50": resnet50,
     # Linear/Conv/ReLU only, for Zhang & Evans's convex bounds (method zhang-evans).
     "convex-mlp": _convex("convex-mlp"),
     "convex-cnn": _convex("convex-cnn"),
