@@ -150,6 +150,55 @@ def test_imagenette_missing_layout(tmp_path):
     assert "train/<wnid>" in str(error.value) and str(tmp_path) in str(error.value)
 
 
+# --- ImageNet --------------------------------------------------------------------------------
+
+def test_imagenet_reads_train_and_val_wnid_folders(tmp_path):
+    wnids = ["n04550184", "n01440764", "n02102040"]
+    for k, wnid in enumerate(wnids):
+        for split, count in (("train", 2), ("val", 1)):
+            for i in range(count):
+                save_image(tmp_path / split / wnid / f"{wnid}_{i}.JPEG", (40, 30), 60 * k)
+    data = load_dataset("imagenet", tmp_path, image_size=14)
+    assert data.class_names == sorted(wnids) and data.num_classes == 3
+    assert len(data.train) == 6 and len(data.test) == 3
+    assert list(dataset_labels(data.train)) == [0, 0, 1, 1, 2, 2]
+    assert list(dataset_labels(data.test)) == [0, 1, 2]
+    x, _ = data.test[0]
+    assert x.shape == (3, 14, 14) == data.input_shape and 0 <= x.min() and x.max() <= 1
+    # Normalisation is the model's first layer, not part of the data (noise before it).
+    assert data.mean == (0.485, 0.456, 0.406) and data.std == (0.229, 0.224, 0.225)
+    assert data.default_arch == "resnet50"
+    assert load_dataset("imagenet", tmp_path).input_shape == (3, 224, 224)
+
+
+def test_imagenet_resizes_and_crops_like_torchvision(tmp_path):
+    # Resize(16) + CenterCrop(14) of a 40 x 30 image in torchvision: shorter side 30 -> 16,
+    # longer int(16 * 40 / 30) = 21, crop offsets round((21 - 14) / 2) = 4 and round(1) = 1.
+    path = tmp_path / "noise.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    expected = Image.open(path).convert("RGB").resize((21, 16), Image.Resampling.BILINEAR)
+    expected = np.asarray(expected.crop((4, 1, 18, 15))).transpose(2, 0, 1) / 255
+    image = ImageFiles([path], [0], (14, 14), resize=16)[0][0]
+    assert torch.allclose(image, torch.tensor(expected, dtype=torch.float32))
+
+
+def test_imagenet_missing_folders_are_named(tmp_path):
+    (tmp_path / "train" / "n01440764").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"imagenet: expected train/<wnid>/\*\.JPEG") as error:
+        load_dataset("imagenet", tmp_path)
+    assert "missing: val/" in str(error.value) and str(tmp_path) in str(error.value)
+    with pytest.raises(DataError, match="imagenet needs --data-dir"):
+        load_dataset("imagenet")
+
+
+def test_imagenet_flat_val_folder_is_explained(tmp_path):
+    save_image(tmp_path / "train" / "n01440764" / "a.JPEG", (8, 8), 0)
+    save_image(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG", (8, 8), 0)
+    with pytest.raises(DataError, match=r"holds images directly.*val/<wnid>/"):
+        load_dataset("imagenet", tmp_path)
+
+
 # --- HAM10000 --------------------------------------------------------------------------------
 
 HAM_DX = ["mel", "nv", "bcc", "bkl", "akiec", "df", "vasc", "nv", "nv", "bkl", "mel", "nv"]
@@ -290,7 +339,7 @@ def test_unknown_dataset_and_option():
         load_dataset("digits", image_size=32)
     assert load_dataset("digits", test_fraction=None).num_classes == 10
     assert set(DATASETS) == {"breast-cancer", "cifar10", "digits", "folder", "ham10000",
-                             "imagenette", "npz"}
+                             "imagenet", "imagenette", "npz"}
 
 
 def test_validation_split_is_stratified_disjoint_and_deterministic():

@@ -1,7 +1,8 @@
 """Datasets as [0, 1]-valued tensors, registered by name.
 
-The paper's datasets (CIFAR-10, Imagenette, HAM10000), two bundled offline sets (scikit-learn's
-digits and breast cancer) and the user's own data (an image ``folder`` or an ``npz`` file).
+The paper's datasets (CIFAR-10, Imagenette, HAM10000), ImageNet (for the field's published
+models), two bundled offline sets (scikit-learn's digits and breast cancer) and the user's own data
+(an image ``folder`` or an ``npz`` file).
 
 Inputs stay in [0, 1]: Gaussian noise is added in these units, and the ``mean``/``std`` of
 :class:`DatasetSplits` belong to the model's first layer; they are never applied here, so radii are
@@ -122,39 +123,54 @@ class Uint8Images(Dataset):
 
 
 class ImageFiles(Dataset):
-    """Images read lazily from files, scaled to cover ``size`` (H, W) and center-cropped to it."""
+    """Images read lazily from files, scaled and center-cropped to ``size`` (H, W) by
+    :func:`load_image`."""
 
     def __init__(self, paths: Sequence[Path], labels: Sequence[int], size: tuple[int, int],
-                 grayscale: bool = False):
+                 grayscale: bool = False, resize: int | None = None):
         self.paths = list(paths)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.size = size
         self.grayscale = grayscale
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return load_image(self.paths[index], self.size, self.grayscale), int(self.labels[index])
+        image = load_image(self.paths[index], self.size, self.grayscale, self.resize)
+        return image, int(self.labels[index])
 
 
-def load_image(path: Path, size: tuple[int, int], grayscale: bool = False) -> Tensor:
+def load_image(path: Path, size: tuple[int, int], grayscale: bool = False,
+               resize: int | None = None) -> Tensor:
     """Returns the image at ``path`` as float32 (C, H, W) in [0, 1], C = 1 or 3.
 
     The image is scaled (bilinear, antialiased) until it covers ``size`` = (H, W), keeping its
-    aspect ratio, then center-cropped: for a square size the shorter side becomes H.
+    aspect ratio, then center-cropped: for a square size the shorter side becomes H. With
+    ``resize``, the shorter side becomes ``resize`` instead (at least max(H, W)), with sizes and
+    offsets rounded as torchvision's ``Resize(resize)`` + ``CenterCrop(size)`` round them: the
+    ImageNet test transform of the field (256, then 224).
     """
     height, width = size
     mode = "L" if grayscale else "RGB"
     with Image.open(path) as image:
         # JPEGs much larger than the target (HAM10000's 600x450) decode at a reduced scale: fast.
-        image.draft(mode, (width, height))
+        # Not with ``resize``: the field's transform decodes at full scale.
+        if resize is None:
+            image.draft(mode, (width, height))
         image = image.convert(mode)
-    scale = max(height / image.height, width / image.width)
-    scaled = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    if resize is None:
+        scale = max(height / image.height, width / image.width)
+        scaled = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+        left, top = (scaled[0] - width) // 2, (scaled[1] - height) // 2
+    else:
+        short = max(resize, height, width)
+        long = int(short * max(image.size) / min(image.size))
+        scaled = (short, long) if image.width <= image.height else (long, short)
+        left, top = round((scaled[0] - width) / 2), round((scaled[1] - height) / 2)
     if scaled != image.size:
         image = image.resize(scaled, Image.Resampling.BILINEAR)
-    left, top = (scaled[0] - width) // 2, (scaled[1] - height) // 2
     array = np.asarray(image.crop((left, top, left + width, top + height)), dtype=np.uint8)
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.tensor(array, dtype=torch.float32).div_(255)
@@ -281,6 +297,20 @@ def _scan_class_folders(
         raise DataError(f"{dataset}: expected images <class>/*.png|jpg|jpeg in {split_dir}; "
                         f"found none")
     return paths, labels, classes
+
+
+def _wnid_splits(root: Path, dataset: str) -> tuple[list[Path], list[int], list[Path], list[int],
+                                                   list[str]]:
+    """Returns (train paths, train labels, val paths, val labels, wnids) of the ImageNet layout
+    ``root/{train,val}/<wnid>/*.JPEG``; labels index the sorted train wnids."""
+    train_paths, train_labels, wnids = _scan_class_folders(root / "train", dataset)
+    val = root / "val"
+    if not any(p.is_dir() for p in val.iterdir()) and _image_files(val):
+        raise DataError(f"{dataset}: {val} holds images directly; expected them sorted into "
+                        f"val/<wnid>/ folders (e.g. with valprep.sh, as Cohen et al.'s "
+                        f"code asks)")
+    val_paths, val_labels, _ = _scan_class_folders(val, dataset, wnids)
+    return train_paths, train_labels, val_paths, val_labels, wnids
 
 
 def _check_size(image_size: int, dataset: str) -> int:
@@ -414,14 +444,41 @@ def load_imagenette(data_dir: Path | None, *, seed: int = 0,
         raise DataError(f"imagenette: expected train/<wnid>/*.JPEG and val/<wnid>/*.JPEG in "
                         f"{data_dir / 'imagenette2-160'} (download imagenette2-160.tgz from "
                         f"github.com/fastai/imagenette and unpack it there)")
-    train_paths, train_labels, wnids = _scan_class_folders(root / "train", "imagenette")
-    test_paths, test_labels, _ = _scan_class_folders(root / "val", "imagenette", wnids)
+    train_paths, train_labels, test_paths, test_labels, wnids = _wnid_splits(root, "imagenette")
     size = (image_size, image_size)
     return DatasetSplits(
         "imagenette", ImageFiles(train_paths, train_labels, size),
         ImageFiles(test_paths, test_labels, size), [IMAGENETTE_NAMES.get(w, w) for w in wnids],
         (3, image_size, image_size), IMAGENET_MEAN, IMAGENET_STD, default_cost="7",
         default_arch="resnet18", augment=partial(random_crop_flip, padding=image_size // 8))
+
+
+def load_imagenet(data_dir: Path | None, *, seed: int = 0,
+                  image_size: int = 224) -> DatasetSplits:
+    """ImageNet (ILSVRC 2012) from ``data_dir/train/<wnid>/*.JPEG`` and ``data_dir/val/<wnid>/``.
+
+    The layout of torchvision's ImageFolder that Cohen et al.'s code reads; labels follow the
+    sorted wnids, which are also the class names. Both splits take the field's test transform:
+    shorter side scaled to ``image_size * 8/7`` (256) and center-cropped to ``image_size`` (224).
+    Training augments batches with a random crop (zero padding ``image_size // 8``) and a flip,
+    like Imagenette, rather than torchvision's RandomResizedCrop, which would draw its crops
+    per file outside the training loop's seeded generator. ImageNet's mean/std belong to the
+    model (default ``resnet50``); the default cost "0" is a placeholder: pass ``--cost``.
+    """
+    image_size = _check_size(image_size, "imagenet")
+    data_dir = _data_dir(data_dir, "imagenet", "the folder that holds train/ and val/")
+    missing = [name for name in ("train", "val") if not (data_dir / name).is_dir()]
+    if missing:
+        raise DataError(f"imagenet: expected train/<wnid>/*.JPEG and val/<wnid>/*.JPEG in "
+                        f"{data_dir} (missing: {', '.join(f'{name}/' for name in missing)})")
+    train_paths, train_labels, test_paths, test_labels, wnids = _wnid_splits(data_dir,
+                                                                             "imagenet")
+    size, resize = (image_size, image_size), round(image_size * 256 / 224)
+    return DatasetSplits(
+        "imagenet", ImageFiles(train_paths, train_labels, size, resize=resize),
+        ImageFiles(test_paths, test_labels, size, resize=resize), wnids,
+        (3, image_size, image_size), IMAGENET_MEAN, IMAGENET_STD, default_cost="0",
+        default_arch="resnet50", augment=partial(random_crop_flip, padding=image_size // 8))
 
 
 def _read_ham_metadata(path: Path) -> list[tuple[str, str, int]]:
@@ -585,6 +642,7 @@ DATASETS: dict[str, Callable[..., DatasetSplits]] = {
     "digits": load_digits,
     "folder": load_folder,
     "ham10000": load_ham10000,
+    "imagenet": load_imagenet,
     "imagenette": load_imagenette,
     "npz": load_npz,
 }
