@@ -67,10 +67,26 @@ def test_sound_mode_shares_one_lower_bound_at_half_alpha():
     assert cert.certified and cert.prediction == 0
 
 
-def test_bonferroni_splits_half_alpha_over_costly_classes():
+def test_sound_mode_bounds_each_costly_class_at_half_alpha_without_a_split():
+    """NOTES.md: R2 needs pB_upper >= p_k* for one (unknown, fixed) class k*: one event."""
     cert = certify_counts([90, 10, 0, 0], [800, 100, 60, 40], sigma=0.5, alpha=0.01,
                           costly=[1, 2, 3])
+    assert cert.p_b_upper == pytest.approx(clopper_pearson_upper(100, 1000, 0.01 / 2))
+
+
+def test_paper_mode_keeps_the_bonferroni_split():
+    cert = certify_counts([90, 10, 0, 0], [800, 100, 60, 40], sigma=0.5, alpha=0.01,
+                          costly=[1, 2, 3], bounds="paper")
     assert cert.p_b_upper == pytest.approx(clopper_pearson_upper(100, 1000, 0.01 / 6))
+
+
+def test_two_classes_spend_the_whole_alpha_on_r1():
+    """With two classes p_B = 1 - p_A, so R2 = R1 and nothing is left to split."""
+    cert = certify_counts([90, 10], [900, 100], sigma=0.5, alpha=0.01, costly=[1])
+    p_a = clopper_pearson_lower(900, 1000, 0.01)
+    assert cert.p_a_lower == pytest.approx(p_a)
+    assert cert.r1 == cert.r2 == pytest.approx(0.5 * norm.ppf(p_a))
+    assert cert.radius == cert.r1 and cert.certified
 
 
 @pytest.mark.parametrize("counts", [[700, 200, 100, 0], [900, 50, 30, 20], [520, 480, 0, 0],

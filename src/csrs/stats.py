@@ -1,4 +1,5 @@
-"""Certificates from class counts: Clopper-Pearson bounds, R1, R2, Algorithm 1, CERTIFY, PREDICT.
+"""Certificates from class counts: Clopper-Pearson bounds, R1, R2, Algorithm 1, CERTIFY, PREDICT,
+and the certified worst-case cost kappa(eps) of a real-valued cost row.
 
 Pure functions of counts (NumPy and SciPy only, no torch), so that every guarantee can be tested
 on simulated multinomial counts whose true probabilities are known exactly.
@@ -7,7 +8,7 @@ on simulated multinomial counts whose true probabilities are known exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,12 +23,16 @@ from scipy.stats import binomtest
 __all__ = [
     "ABSTAIN",
     "Certificate",
+    "CostCertificate",
     "StandardCertificate",
+    "certified_cost",
+    "certify_cost_counts",
     "certify_counts",
     "clopper_pearson_lower",
     "clopper_pearson_upper",
     "cohen_certify_counts",
     "cohen_predict_counts",
+    "true_cost",
     "true_cs_radius",
 ]
 
@@ -106,12 +111,15 @@ def certify_counts(selection_counts: Sequence[int] | np.ndarray,
 
     ``bounds="sound"`` (default) spends alpha exactly once, so that with probability at least
     1 - alpha the returned radius is at most the true radius R*(p) of NOTES.md (or the result
-    abstains / is costly):
+    abstains / is costly): the code delivers ``radius <= R*(p)``, not more.
 
     - one lower bound pA_lower on p_A at alpha/2, shared by R1 and R2;
-    - an upper bound on each p_k, k in Omega_y, at alpha / (2 |Omega_y|) (Bonferroni), and
-      pB_upper = their maximum, which bounds p_B with probability at least 1 - alpha/2;
+    - an upper bound on each p_k, k in Omega_y, at alpha/2 too, and pB_upper = their maximum.
+      No split over |Omega_y| is needed (NOTES.md): R2 only needs pB_upper >= p_k* for the one
+      costly class k* with the largest true p_k, a single event whatever |Omega_y| is;
     - R1 = sigma * PhiInv(pA_lower), R2 = sigma/2 * (PhiInv(pA_lower) - PhiInv(pB_upper)).
+
+    With two classes p_B = 1 - p_A exactly, so R2 = R1 and the whole alpha goes to pA_lower.
 
     ``bounds="paper"`` reproduces Algorithm 1 exactly (lines 5-9): R1 from its own lower bound at
     alpha, R2 from a lower bound at alpha/2 and the Bonferroni upper bounds at alpha/(2|Omega_y|).
@@ -122,37 +130,131 @@ def certify_counts(selection_counts: Sequence[int] | np.ndarray,
     prediction inside Omega_y is returned with ``is_costly=True`` and radius 0: it is never
     cost-sensitive robust, whatever its radius.
     """
-    selection = as_counts(selection_counts, "selection_counts")
-    estimation = as_counts(estimation_counts, "estimation_counts")
-    if selection.shape != estimation.shape:
-        raise ValueError(f"selection and estimation counts cover different numbers of classes: "
-                         f"{selection.size} vs {estimation.size}")
-    _check_sigma(sigma)
-    _check_alpha(alpha)
+    selection, estimation, n = _checked_counts(selection_counts, estimation_counts, sigma, alpha)
     omega = _check_costly(costly, estimation.size)
-    n = int(estimation.sum())
-    if n == 0:
-        raise ValueError("estimation_counts are all zero; need n >= 1 samples")
-
     c_a = int(np.argmax(selection))  # Algorithm 1, line 3
     count_a = int(estimation[c_a])
-    if bounds == "sound":
-        p_a_lower = clopper_pearson_lower(count_a, n, alpha / 2)
-        r1 = sigma * _phi_inv(p_a_lower)
-    elif bounds == "paper":
-        r1 = sigma * _phi_inv(clopper_pearson_lower(count_a, n, alpha))      # lines 5-6
-        p_a_lower = clopper_pearson_lower(count_a, n, alpha / 2)              # line 7
+    if bounds == "sound" and estimation.size == 2:
+        p_a_lower = clopper_pearson_lower(count_a, n, alpha)
+        r1 = r2 = sigma * _phi_inv(p_a_lower)
+        p_b_upper = 1.0 - p_a_lower
+    elif bounds in ("sound", "paper"):
+        if bounds == "sound":
+            p_a_lower = clopper_pearson_lower(count_a, n, alpha / 2)
+            r1 = sigma * _phi_inv(p_a_lower)
+            per_class_alpha = alpha / 2
+        else:
+            r1 = sigma * _phi_inv(clopper_pearson_lower(count_a, n, alpha))  # lines 5-6
+            p_a_lower = clopper_pearson_lower(count_a, n, alpha / 2)          # line 7
+            per_class_alpha = alpha / (2 * len(omega))
+        p_b_upper = max(clopper_pearson_upper(int(estimation[k]), n, per_class_alpha)
+                        for k in omega)                                       # line 8
+        r2 = sigma / 2 * (_phi_inv(p_a_lower) - _phi_inv(p_b_upper))         # line 9
     else:
         raise ValueError(f"bounds must be 'sound' or 'paper'; got {bounds!r}")
-    per_class_alpha = alpha / (2 * len(omega))
-    p_b_upper = max(clopper_pearson_upper(int(estimation[k]), n, per_class_alpha)
-                    for k in omega)                                           # line 8
-    r2 = sigma / 2 * (_phi_inv(p_a_lower) - _phi_inv(p_b_upper))             # line 9
     best = max(r1, r2)
     if not best > 0:                                                          # lines 10-13
         return Certificate(ABSTAIN, 0.0, r1, r2, p_a_lower, p_b_upper, is_costly=False)
     is_costly = c_a in omega
     return Certificate(c_a, 0.0 if is_costly else best, r1, r2, p_a_lower, p_b_upper, is_costly)
+
+
+@dataclass(frozen=True)
+class CostCertificate:
+    """The certified worst-case cost of one input under a real-valued cost row (NOTES.md,
+    "Real-valued costs"), for every radius at once.
+
+    ``candidate`` is c_A, chosen by the selection counts; ``prediction`` is c_A, or ``ABSTAIN``
+    when neither R1 nor every pairwise radius is positive. ``r1`` = sigma * PhiInv(pA_lower);
+    ``pair_radius[k]`` = sigma/2 * (PhiInv(pA_lower) - PhiInv(pk_upper)) for each costly class
+    k != c_A: within it the smoothed classifier never predicts k. ``costs[k]`` = C[y][k] for the
+    same classes and ``candidate_cost`` = C[y][c_A].
+    """
+
+    prediction: int
+    candidate: int
+    candidate_cost: float
+    r1: float
+    pair_radius: Mapping[int, float]
+    costs: Mapping[int, float]
+    p_a_lower: float
+    levels: int
+
+    def cost_at(self, eps: float) -> float:
+        """Return kappa(eps): with probability >= 1 - alpha (over the noise, for every eps at
+        once), no x' with ||x' - x|| <= eps makes the smoothed classifier predict a class that
+        costs more than this."""
+        return certified_cost(eps, self.candidate_cost, self.r1, list(self.costs.values()),
+                              list(self.pair_radius.values()))
+
+
+def certified_cost(eps: float, candidate_cost: float, r1: float, pair_costs: Sequence[float],
+                   pair_radii: Sequence[float]) -> float:
+    """Return kappa(eps) of NOTES.md: C[y][c_A] if R1 > eps, otherwise the largest of C[y][c_A]
+    and the costs of the classes whose pairwise radius is <= eps."""
+    if r1 > eps:
+        return float(candidate_cost)
+    reachable = [cost for cost, radius in zip(pair_costs, pair_radii, strict=True)
+                 if not radius > eps]
+    return float(max([candidate_cost, *reachable]))
+
+
+def certify_cost_counts(selection_counts: Sequence[int] | np.ndarray,
+                        estimation_counts: Sequence[int] | np.ndarray, *, sigma: float,
+                        alpha: float, cost_row: Sequence[float] | np.ndarray) -> CostCertificate:
+    """Return the certified worst-case cost kappa of one input for every eps, from one set of
+    bounds that hold together with probability at least 1 - alpha.
+
+    c_A is the argmax of the selection counts; pA_lower is the Clopper-Pearson lower bound at
+    alpha/2 (at alpha with two classes, where p_k = 1 - p_A and every pairwise radius is R1);
+    each p_k, k in Omega_y other than c_A, gets an upper bound at alpha/(2L), L the number of
+    distinct costs above C[y][c_A] in the row. Why L, not |Omega_y| (NOTES.md): kappa can only
+    fall below its value on the true probabilities at a cost level t through the one class with
+    the largest true p among {k : C[y][k] >= t}; there is one such class per level, so the
+    union runs over L events. Classes that cost no more than c_A never raise kappa; their pairwise
+    radii (bounded at the same level) are reported but carry no guarantee of their own.
+
+    On a 0/1 row, ``cost_at(eps) == 0`` exactly when :func:`certify_counts` with
+    ``costly=Omega_y`` is certified with radius > eps.
+    """
+    selection, estimation, n = _checked_counts(selection_counts, estimation_counts, sigma, alpha)
+    row = np.asarray(cost_row, dtype=float)
+    if row.shape != estimation.shape:
+        raise ValueError(f"cost_row has {row.size} entries; the counts cover {estimation.size} "
+                         f"classes")
+    if not np.isfinite(row).all() or (row < 0).any():
+        raise ValueError(f"cost_row must hold finite costs >= 0; got {row.tolist()}")
+    c_a = int(np.argmax(selection))
+    candidate_cost = float(row[c_a])
+    others = [int(k) for k in np.flatnonzero(row > 0) if k != c_a]
+    levels = len({float(row[k]) for k in others if row[k] > candidate_cost})
+    two_classes = estimation.size == 2
+    p_a_lower = clopper_pearson_lower(int(estimation[c_a]), n, alpha if two_classes else alpha / 2)
+    r1 = sigma * _phi_inv(p_a_lower)
+    per_class_alpha = alpha / (2 * max(levels, 1))
+    pair_radius = {}
+    for k in others:
+        if two_classes:
+            pair_radius[k] = r1
+        else:
+            p_k_upper = clopper_pearson_upper(int(estimation[k]), n, per_class_alpha)
+            pair_radius[k] = sigma / 2 * (_phi_inv(p_a_lower) - _phi_inv(p_k_upper))
+    pairs_positive = bool(pair_radius) and min(pair_radius.values()) > 0
+    prediction = c_a if r1 > 0 or pairs_positive else ABSTAIN
+    return CostCertificate(prediction, c_a, candidate_cost, r1, pair_radius,
+                           {k: float(row[k]) for k in others}, p_a_lower, levels)
+
+
+def true_cost(probabilities: Sequence[float] | np.ndarray, cost_row: Sequence[float],
+              candidate: int, sigma: float, eps: float) -> float:
+    """Return the oracle kappa(eps): :func:`certified_cost` on the true probabilities with the
+    same candidate (what the soundness tests compare with)."""
+    p = np.asarray(probabilities, dtype=float)
+    row = np.asarray(cost_row, dtype=float)
+    others = [int(k) for k in np.flatnonzero(row > 0) if k != candidate]
+    radii = [sigma / 2 * (_phi_inv(p[candidate]) - _phi_inv(p[k])) for k in others]
+    return certified_cost(eps, float(row[candidate]), sigma * _phi_inv(p[candidate]),
+                          [float(row[k]) for k in others], radii)
 
 
 def cohen_certify_counts(selection_counts: Sequence[int] | np.ndarray,
@@ -164,12 +266,7 @@ def cohen_certify_counts(selection_counts: Sequence[int] | np.ndarray,
     c_A comes from the selection counts; pA_lower is the one-sided Clopper-Pearson bound at alpha
     on the estimation counts; abstain when pA_lower < 1/2, else radius = sigma * PhiInv(pA_lower).
     """
-    selection = as_counts(selection_counts, "selection_counts")
-    estimation = as_counts(estimation_counts, "estimation_counts")
-    _check_sigma(sigma)
-    n = int(estimation.sum())
-    if n == 0:
-        raise ValueError("estimation_counts are all zero; need n >= 1 samples")
+    selection, estimation, n = _checked_counts(selection_counts, estimation_counts, sigma, alpha)
     c_a = int(np.argmax(selection))
     p_a_lower = clopper_pearson_lower(int(estimation[c_a]), n, alpha)
     if p_a_lower < 0.5:
@@ -217,6 +314,23 @@ def as_counts(counts: Sequence[int] | np.ndarray, name: str) -> np.ndarray:
     if (array < 0).any() or not np.all(np.mod(array, 1) == 0):
         raise ValueError(f"{name} must be non-negative integers; got {array.tolist()}")
     return array.astype(np.int64)
+
+
+def _checked_counts(selection_counts: Sequence[int] | np.ndarray,
+                    estimation_counts: Sequence[int] | np.ndarray, sigma: float,
+                    alpha: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Validate the arguments every certificate shares; return the counts and n."""
+    selection = as_counts(selection_counts, "selection_counts")
+    estimation = as_counts(estimation_counts, "estimation_counts")
+    if selection.shape != estimation.shape:
+        raise ValueError(f"selection and estimation counts cover different numbers of classes: "
+                         f"{selection.size} vs {estimation.size}")
+    _check_sigma(sigma)
+    _check_alpha(alpha)
+    n = int(estimation.sum())
+    if n == 0:
+        raise ValueError("estimation_counts are all zero; need n >= 1 samples")
+    return selection, estimation, n
 
 
 def _check_costly(costly: Sequence[int], num_classes: int) -> list[int]:
