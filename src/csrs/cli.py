@@ -151,6 +151,9 @@ def _certify_smoothed(args: argparse.Namespace, context) -> int:
     if args.adaptive and context.distributed:
         return _fail("--adaptive certifies in one process only; launch it without torchrun")
     sigma = args.sigma or checkpoint.sigma
+    if sigma != checkpoint.sigma and context.is_main:
+        print(f"warning: certifying at sigma {sigma:g}; the model was trained at sigma "
+              f"{checkpoint.sigma:g}", file=sys.stderr)
     smoothed = SmoothedClassifier(checkpoint.build_model(context.device), checkpoint.num_classes,
                                   sigma, device=context.device, seed=args.seed, amp=args.amp,
                                   channels_last=args.channels_last, compile=args.compile)
@@ -467,6 +470,43 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- import -----------------------------------------------------------------------------------
+def _add_import(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "import", help="turn a published smoothed model into a csrs checkpoint",
+        description="Convert a checkpoint of Cohen et al.'s code (also SmoothAdv, Consistency, "
+                    "SmoothMix: --from cohen) or of MACER's (--from macer) into a csrs "
+                    "checkpoint whose model gives the same logits on [0, 1] inputs, for 'csrs "
+                    "certify'. The file is read with torch.load(weights_only=True).")
+    parser.add_argument("source", type=Path, help="the published checkpoint file")
+    parser.add_argument("--from", dest="source_format", required=True,
+                        help="its format: cohen or macer")
+    parser.add_argument("--sigma", type=_positive_float, required=True,
+                        help="the noise level it was trained at (the files do not record it; "
+                             "Cohen's keep it in the folder name, e.g. noise_0.25)")
+    parser.add_argument("--out", type=Path, required=True, help="csrs checkpoint to write")
+    parser.add_argument("--dataset", help="cifar10 or imagenet (default: the architecture's)")
+    parser.add_argument("--arch", help="the source's architecture where the file does not "
+                        "record it (macer: resnet110, the default)")
+    parser.add_argument("--data-dir", help="directory of the dataset files, kept for certify")
+    parser.add_argument("--cost", help="cost spec kept for certify (default: the dataset's)")
+    parser.set_defaults(run=_run_import)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from csrs.checkpoint import load_checkpoint
+    from csrs.published import import_published
+
+    path = import_published(args.source, args.out, source=args.source_format, sigma=args.sigma,
+                            dataset=args.dataset, arch=args.arch, data_dir=args.data_dir,
+                            cost=args.cost)
+    meta = load_checkpoint(path).meta
+    print(f"imported {args.source_format}'s {meta['source']['arch']} ({meta['dataset']}, "
+          f"trained at sigma {meta['sigma']:g}) as {meta['arch']} -> {path}. "
+          f"Next: csrs certify {path} --out results.tsv")
+    return 0
+
+
 # -- entry point ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from csrs import __version__
@@ -483,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _COMMANDS = [_add_demo, _add_train, _add_certify, _add_report, _add_compare,
-             _add_experiment]
+             _add_experiment, _add_import]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
