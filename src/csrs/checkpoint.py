@@ -5,8 +5,10 @@ A checkpoint is a plain dict of tensors, numbers, strings and lists, so that
 
 - ``format``: ``CHECKPOINT_FORMAT``;
 - ``meta``: arch, num_classes, class_names, input_shape, mean, std, dataset, data_dir,
-  data_options, sigma, cost_matrix (0/1 rows), cost_spec, method, hparams, epoch, epochs, seed,
-  csrs_version;
+  data_options, sigma, cost_matrix (rows of costs), cost_spec, method, hparams, epoch, epochs, seed,
+  csrs_version (``sigma`` is the noise level the model was trained at, certification's
+  default); checkpoints made by ``csrs import`` (:mod:`csrs.published`) add ``source``: the
+  published format, file and architecture name they came from;
 - ``model``: the model's state_dict (normalisation buffers included);
 - ``training``: optimizer/scheduler/RNG state for ``--resume`` (may be empty).
 """
@@ -120,7 +122,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"'{path}' is not a csrs checkpoint (expected format "
-                              f"'{CHECKPOINT_FORMAT}'); train one with `csrs train`")
+                              f"'{CHECKPOINT_FORMAT}'); train one with `csrs train`, or convert a "
+                              f"published one with `csrs import`")
     meta = payload.get("meta") or {}
     missing = [key for key in REQUIRED_META if key not in meta]
     if missing or "model" not in payload:
