@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from csrs.adaptive import _count_pieces, _Example, certify_dataset_adaptive, decide
+from csrs.adaptive import certify_dataset_adaptive, decide
+from csrs.smoothing import ExampleTests, _count_pieces
 from csrs.certify import CertifySettings, certify_dataset
 from csrs.checkpoint import load_checkpoint
 from csrs.metrics import summarize, summarize_decisions
@@ -34,7 +35,7 @@ def _without_time(rows):
 def test_adaptive_samples_are_the_fixed_n_noise_stream(checkpoint, digits):
     smoothed = _smoothed(checkpoint)
     x = digits.test[5][0]
-    example = _Example(5, x, lambda selection: [], np.zeros(10, np.int64),
+    example = ExampleTests(5, x, lambda selection: [], np.zeros(10, np.int64),
                        np.zeros(10, np.int64))
     pieces = [(example, SELECTION, 0, 20), (example, ESTIMATION, 0, 700),
               (example, ESTIMATION, 700, 1500), (example, ESTIMATION, 1500, 2500)]

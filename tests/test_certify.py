@@ -96,7 +96,8 @@ def test_metrics_follow_the_definitions():
     summary = summarize(rows, 0.5)
     assert summary["acc"] == pytest.approx(3 / 7)
     assert summary["rob_cs"] == pytest.approx(2 / 4)
-    assert summary["rob_cs_std"] == pytest.approx(1 / 4)
+    # Rob_cs^(std) counts the standard radius at alpha (column radius), not R1 at alpha/2.
+    assert summary["rob_cs_std"] == pytest.approx(2 / 4)
     assert summary["rob_non_std"] == pytest.approx(1 / 3)
     values = curves(rows, [0.0, 0.5, 0.85, 1.0])
     assert values["rob_cs"].tolist() == pytest.approx([0.5, 0.5, 0.25, 0.0])

@@ -1,12 +1,15 @@
 """Certify a dataset: stream one TSV row per example, resume after a kill.
 
-Each example gets both certificates from the same noise samples: Cohen's standard CERTIFY (the
+Each example gets every certificate from the same noise samples: Cohen's standard CERTIFY (the
 columns ``predict radius correct``, used for Acc and Rob_non) and, for sensitive examples,
-Algorithm 1's cost-sensitive certificate (``cs_predict r1 r2 cs_radius``, used for Rob_cs).
+Algorithm 1's cost-sensitive certificate (``cs_predict r1 r2 cs_radius``, used for Rob_cs) and
+the certified cost of the real-valued cost row (``cs_cost pair_radii pair_costs``, from which
+kappa(eps) follows at every eps: one file serves every radius).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,12 +21,29 @@ import torch
 from torch.utils.data import Dataset
 
 from csrs import distributed
-from csrs.costs import CostMatrix
+from csrs.costs import CostMatrix, format_cost
 from csrs.results import COLUMNS, ResultsStream, prepare_results
 from csrs.smoothing import ESTIMATION, SELECTION, SmoothedClassifier
-from csrs.stats import Bounds, certify_counts, cohen_certify_counts
+from csrs.stats import (
+    ABSTAIN,
+    Bounds,
+    certify_cost_counts,
+    certify_counts,
+    cohen_certify_counts,
+)
 
-__all__ = ["CertifySettings", "certify_dataset", "select_indices"]
+__all__ = ["CertifySettings", "certify_dataset", "model_fingerprint", "select_indices"]
+
+
+def model_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """Return a short hash of a model's weights (names, shapes, dtypes and values), which a
+    results file records so that it is never resumed with another model."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 @dataclass(frozen=True)
 class CertifySettings:
@@ -71,20 +91,34 @@ def _rows_for_chunk(smoothed: SmoothedClassifier, inputs: torch.Tensor, labels: 
         selection, estimation = counts[2 * row], counts[2 * row + 1]
         standard = cohen_certify_counts(selection, estimation, sigma=settings.sigma,
                                         alpha=settings.alpha)
+        costs = cost_matrix.row(label)
+        clean_cost = costs.max() if standard.prediction == ABSTAIN else costs[standard.prediction]
         result: dict[str, Any] = {
             "idx": index, "label": label, "predict": standard.prediction,
             "radius": _fmt(standard.radius), "correct": int(standard.prediction == label),
             "sensitive": int(cost_matrix.is_sensitive(label)),
             "cs_predict": "", "cs_costly": "", "r1": "", "r2": "", "cs_radius": "",
-            "p_a_lower": _fmt(standard.p_a_lower), "p_b_upper": "", "time": f"{seconds:.4f}",
+            "p_a_lower": _fmt(standard.p_a_lower), "p_b_upper": "",
+            "clean_cost": format_cost(clean_cost), "cs_cost": "0", "pair_radii": "",
+            "pair_costs": "", "time": f"{seconds:.4f}",
         }
         if result["sensitive"]:
+            omega = cost_matrix.costly(label)
             cert = certify_counts(selection, estimation, sigma=settings.sigma,
-                                  alpha=settings.alpha, costly=cost_matrix.costly(label),
-                                  bounds=settings.bounds)
-            result.update(cs_predict=cert.prediction, cs_costly=int(cert.is_costly),
+                                  alpha=settings.alpha, costly=omega, bounds=settings.bounds)
+            # cs_costly: whether the candidate c_A is costly, even where Algorithm 1 abstains
+            # (the standard certificate at alpha may still predict c_A: Rob_cs^(std) needs it).
+            candidate = int(selection.argmax())
+            result.update(cs_predict=cert.prediction, cs_costly=int(candidate in omega),
                           r1=_fmt(cert.r1), r2=_fmt(cert.r2), cs_radius=_fmt(cert.radius),
                           p_b_upper=_fmt(cert.p_b_upper))
+            # Always the sound allocation (bounds="paper" concerns Algorithm 1's columns only).
+            cost = certify_cost_counts(selection, estimation, sigma=settings.sigma,
+                                       alpha=settings.alpha, cost_row=costs)
+            result.update(
+                cs_cost=format_cost(cost.candidate_cost),
+                pair_radii=",".join(f"{k}:{_fmt(r)}" for k, r in cost.pair_radius.items()),
+                pair_costs=",".join(f"{k}:{format_cost(c)}" for k, c in cost.costs.items()))
         rows.append(result)
     return rows
 
@@ -92,13 +126,20 @@ def _rows_for_chunk(smoothed: SmoothedClassifier, inputs: torch.Tensor, labels: 
 def certify_dataset(smoothed: SmoothedClassifier, dataset: Dataset, cost_matrix: CostMatrix, *,
                     settings: CertifySettings, indices: Iterable[int] | None = None,
                     batch_size: int = 1000, out: str | Path | None = None,
-                    progress: bool = True) -> list[dict[str, Any]]:
+                    progress: bool = True, fingerprint: str | None = None
+                    ) -> list[dict[str, Any]]:
     """Certify ``dataset[i]`` for each index and return one result row (a dict) per example.
 
     With ``out``, rows are appended to a TSV as they are computed (flushed per chunk), and an
     existing file is resumed: its finished examples are skipped, a torn last line is dropped, and
     the finished file equals an uninterrupted run except for the ``time`` column. The settings
-    are kept beside the file (``<out>.json``); resuming with other settings is an error.
+    are kept beside the file (``<out>.json``), with the model's ``fingerprint`` when given
+    (:func:`model_fingerprint`); resuming with other settings or another model is an error, and
+    so is a second process writing the same file at once (a lock, ``<out>.lock``).
+
+    A model whose output has the wrong shape, or NaN / infinite logits for an example, stops
+    the run with :class:`csrs.smoothing.ModelOutputError` naming the example; the rows already
+    written stay.
 
     Several examples are packed into one batch when n0 + n is small, which keeps the model busy;
     their noise is still a function of (seed, example index) alone.
@@ -121,7 +162,8 @@ def certify_dataset(smoothed: SmoothedClassifier, dataset: Dataset, cost_matrix:
     failure: Exception | None = None
     if out is not None and context.is_main:
         try:
-            rows = prepare_results(out, COLUMNS, settings.as_dict(), "a fixed-n certify run")
+            rows = prepare_results(out, COLUMNS, settings.as_dict(), "a fixed-n certify run",
+                                   fingerprint=fingerprint)
         except (ValueError, OSError) as error:
             failure = error
     # The others wait here for the file to be checked and repaired; all stop if it failed.

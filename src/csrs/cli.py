@@ -69,8 +69,8 @@ def _add_certify(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", help="directory of the dataset files (default: the "
                         "checkpoint's)")
     parser.add_argument("--split", choices=("test", "train"), default="test")
-    parser.add_argument("--cost", help="cost spec, e.g. '3' or '3->5,8' (default: the "
-                        "checkpoint's cost matrix)")
+    parser.add_argument("--cost", help="cost spec, e.g. '3', '3->5,8' or with real costs "
+                        "'3->5:10,8:2' (default: the checkpoint's cost matrix)")
     parser.add_argument("--sigma", type=_positive_float,
                         help="noise level (default: the checkpoint's training sigma)")
     parser.add_argument("--n0", type=_positive_int, default=100,
@@ -104,6 +104,10 @@ def _add_certify(commands: argparse._SubParsersAction) -> None:
                              "soon as the answer is known (--n is then the most samples per "
                              "example); same guarantee: P(certified and true radius < eps) <= "
                              "alpha whatever the stopping time")
+    parser.add_argument("--max-cost", type=_nonnegative_float, default=None,
+                        help="with --adaptive: decide 'certified cost at --eps <= T' for a "
+                             "real-valued cost matrix, i.e. no class costing more than T can be "
+                             "reached (default: no costly class at all)")
     parser.add_argument("--sequential", choices=("looks", "mixture"), default="looks",
                         help="the sequential test of --adaptive: Clopper-Pearson at geometric "
                              "looks (default) or a Beta-mixture confidence sequence")
@@ -123,7 +127,7 @@ def _run_certify(args: argparse.Namespace) -> int:
 
 
 def _certify_smoothed(args: argparse.Namespace, context) -> int:
-    from csrs.certify import CertifySettings, certify_dataset, select_indices
+    from csrs.certify import CertifySettings, certify_dataset, model_fingerprint, select_indices
     from csrs.checkpoint import load_checkpoint
     from csrs.costs import CostMatrix
     from csrs.data import load_dataset
@@ -150,6 +154,9 @@ def _certify_smoothed(args: argparse.Namespace, context) -> int:
         return _fail("--adaptive needs --eps, the l2 radius to decide at")
     if args.adaptive and context.distributed:
         return _fail("--adaptive certifies in one process only; launch it without torchrun")
+    if args.max_cost is not None and not args.adaptive:
+        return _fail("--max-cost goes with --adaptive; a fixed-n run records the certified cost "
+                     "at every eps (see 'csrs report')")
     sigma = args.sigma or checkpoint.sigma
     if sigma != checkpoint.sigma and context.is_main:
         print(f"warning: certifying at sigma {sigma:g}; the model was trained at sigma "
@@ -160,6 +167,7 @@ def _certify_smoothed(args: argparse.Namespace, context) -> int:
     settings = CertifySettings(n0=args.n0, n=args.n, alpha=args.alpha, bounds=args.bounds,
                                sigma=sigma, seed=args.seed, cost=cost.spec(),
                                noise_block=smoothed.noise_block)
+    fingerprint = model_fingerprint(checkpoint.model_state)
     if args.adaptive:
         from csrs.adaptive import certify_dataset_adaptive
         from csrs.metrics import summarize_decisions
@@ -167,7 +175,7 @@ def _certify_smoothed(args: argparse.Namespace, context) -> int:
         rows = certify_dataset_adaptive(
             smoothed, dataset, cost, eps=args.eps, alpha=args.alpha, n0=args.n0, n_max=args.n,
             batch_size=args.batch, indices=indices, out=args.out, progress=not args.quiet,
-            method=args.sequential)
+            method=args.sequential, max_cost=args.max_cost, fingerprint=fingerprint)
         summary = summarize_decisions(rows)
         print(f"decided {summary['examples']} examples at eps {args.eps} with "
               f"{summary['mean_samples']:.0f} samples on average -> {args.out}; Acc "
@@ -175,11 +183,13 @@ def _certify_smoothed(args: argparse.Namespace, context) -> int:
               f"Next: csrs report {args.out}")
         return 0
     rows = certify_dataset(smoothed, dataset, cost, settings=settings, indices=indices,
-                           batch_size=args.batch, out=args.out, progress=not args.quiet)
+                           batch_size=args.batch, out=args.out, progress=not args.quiet,
+                           fingerprint=fingerprint)
     summary = summarize(rows, 0.0)
     if context.is_main:
+        costs = "" if cost.is_binary else f", clean cost {summary['clean_cost']:.3f}"
         print(f"certified {summary['examples']} examples ({summary['sensitive']} sensitive) "
-              f"-> {args.out}; Acc {summary['acc']:.3f}. Next: csrs report {args.out}")
+              f"-> {args.out}; Acc {summary['acc']:.3f}{costs}. Next: csrs report {args.out}")
     return 0
 
 
@@ -206,8 +216,10 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "report", help="metrics, table and plot from result files",
         description="Acc, Rob_cs, Rob_cs^(std) and Rob_non^(std) at --eps for each results "
-                    "file, printed as a table; writes summary.csv, per_class.csv and a "
-                    "certified-robustness curve (PNG) to --out.")
+                    "file, with the clean cost and the certified cost Cost_cert(eps) (and, "
+                    "for two-class tasks, the costly seed class's recall and precision), "
+                    "printed as a table; writes summary.csv, per_class.csv, a "
+                    "certified-robustness curve and a certified-cost curve (PNG) to --out.")
     parser.add_argument("results", type=Path, nargs="+", help="results TSV(s) of 'csrs certify'")
     parser.add_argument("--eps", type=_nonnegative_float, default=0.5,
                         help="l2 radius at which robustness is counted (default 0.5)")
@@ -219,7 +231,13 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
 
 def _run_report(args: argparse.Namespace) -> int:
     from csrs.metrics import per_class
-    from csrs.report import markdown_table, plot_curves, summary_rows, write_csv
+    from csrs.report import (
+        markdown_table,
+        plot_cost_curves,
+        plot_curves,
+        results_table,
+        write_csv,
+    )
     from csrs.results import read_results
 
     results = {}
@@ -231,19 +249,20 @@ def _run_report(args: argparse.Namespace) -> int:
     out = args.out or args.results[0].with_name(args.results[0].stem + "-report")
     if any("certified" in rows[0] for rows in results.values()):
         return _report_decisions(results, out)
-    rows = summary_rows(results, args.eps)
-    columns = ["results", "examples", "sensitive", "acc", "rob_cs", "rob_cs_std", "rob_non_std"]
+    rows, columns = results_table(results, args.eps)
     print(f"certified robustness at eps = {args.eps}")
     print(markdown_table(rows, columns, bold_best=columns[3:] if len(rows) > 1 else ()))
     write_csv(out / "summary.csv", rows, [*columns, "eps"])
     classes = [{"results": name, **row} for name, res in results.items()
                for row in per_class(res, args.eps)]
     write_csv(out / "per_class.csv", classes,
-              ["results", "label", "examples", "sensitive", "acc", "rob_cs", "rob_cs_std",
-               "rob_non_std"])
-    plot = plot_curves(results, out / "certified_curves.png",
-                       title="certified robustness over the l2 radius")
-    print(f"wrote {out / 'summary.csv'}, {out / 'per_class.csv'} and {plot}")
+              ["results", "label", "examples", "sensitive",
+               *(c for c in columns[3:] if c not in ("recall", "precision"))])
+    plots = [plot_curves(results, out / "certified_curves.png",
+                         title="certified robustness over the l2 radius"),
+             plot_cost_curves(results, out / "certified_cost.png")]
+    shown = ", ".join(str(plot) for plot in plots if plot is not None)
+    print(f"wrote {out / 'summary.csv'}, {out / 'per_class.csv'} and {shown}")
     return 0
 
 
@@ -268,20 +287,35 @@ def _report_decisions(results: dict[str, list[dict]], out: Path) -> int:
 # Method flags: (flag, hyperparameter name, type, help with the paper's symbol).
 _METHOD_FLAGS = [
     ("--weight", "weight", float, "alpha_w, weight of sensitive examples (cohen-r; default 1.2)"),
-    ("--num-noise", "num_noise", int, "k, noise draws per example (macer, csrs; default 16)"),
+    ("--weighting", "weighting", str, "how cohen-r weights: 'example' (each sensitive example's "
+                                      "loss x alpha_w; default) or 'group' (mean loss of the "
+                                      "normal examples + alpha_w x that of the sensitive ones, "
+                                      "as the paper's authors ran it)"),
+    ("--num-noise", "num_noise", int, "k, noise draws per example (macer, csrs, margin-cs; "
+                                      "default 16); m_train (smoothadv, smoothadv-cs; default 4)"),
     ("--beta", "beta", float, "beta, inverse temperature of the soft smoothed classifier "
-                              "(macer, csrs; default 16)"),
+                              "(macer, csrs, margin-cs; default 16)"),
     ("--gamma", "gamma", float, "gamma, hinge threshold on the PhiInv gap (macer; default 8)"),
-    ("--gamma1", "gamma1", float, "gamma_1, hinge threshold for all examples, I2 (csrs; "
-                                  "default 4)"),
-    ("--gamma2", "gamma2", float, "gamma_2, hinge threshold for sensitive examples, I3 (csrs; "
-                                  "default 16)"),
+    ("--gamma1", "gamma1", float, "gamma_1, hinge threshold of normal examples (csrs: I2 over all "
+                                  "examples; margin-cs; default 4)"),
+    ("--gamma2", "gamma2", float, "gamma_2, hinge threshold of sensitive examples (csrs: I3; "
+                                  "margin-cs; default 16)"),
     ("--lam", "lam", float, "lambda, weight of the robustness terms (macer, csrs; default 12)"),
-    ("--eps", "eps", float, "eps, l2 radius of the convex robust loss (zhang-evans; default "
-                            "0.25)"),
+    ("--lam1", "lam1", float, "lambda_1, weight of the normal examples' hinge (margin-cs; "
+                              "default 3)"),
+    ("--lam2", "lam2", float, "lambda_2, weight of the sensitive examples' cost-weighted hinges "
+                              "(margin-cs; default 3)"),
+    ("--ce", "ce", str, "classification loss of margin-cs: 'per-draw' (Cohen's cross-entropy on "
+                        "each noisy draw; default) or 'smoothed' (MACER's NLL of the soft "
+                        "smoothed classifier)"),
+    ("--window", "window", str, "gap window of margin-cs's sensitive hinge: 'nonnegative' "
+                                "[0, gamma_2] (default) or 'signed' [-gamma_2, gamma_2]"),
+    ("--steps", "steps", int, "T, PGD steps of the attack (smoothadv, smoothadv-cs; default 4)"),
+    ("--eps", "eps", float, "eps, l2 radius of training (smoothadv, smoothadv-cs: the attack's, "
+                            "default 0.5; zhang-evans: the convex robust loss's, default 0.25)"),
     ("--kappa", "kappa", float, "kappa, weight of the robust loss (zhang-evans; default 1)"),
     ("--eps-warmup", "eps_warmup", int, "epochs over which eps grows linearly to --eps "
-                                        "(zhang-evans; default 5)"),
+                                        "(smoothadv, smoothadv-cs: default 10; zhang-evans: 5)"),
 ]
 
 
@@ -299,14 +333,19 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "train", help="train a base classifier for a smoothed classifier",
         description="Train a base classifier under Gaussian noise with one of the methods "
-                    "cohen, cohen-r, macer or csrs (the paper's Eq. 2). Defaults follow MACER's "
-                    "published CIFAR-10 schedule (SGD lr 0.01, momentum 0.9, weight decay 5e-4, "
-                    "batch 64, lr x0.1 at 200/440 and 400/440 of the epochs). The checkpoint "
-                    "carries everything 'csrs certify' needs.")
+                    "cohen, cohen-r, macer, csrs (the paper's Eq. 2), margin-cs (the 2025 "
+                    "version's objective), smoothadv or smoothadv-cs (adversarial training of "
+                    "the smoothed classifier), or zhang-evans (convex bounds, no noise). "
+                    "Defaults follow MACER's published CIFAR-10 schedule (SGD lr 0.01, "
+                    "momentum 0.9, weight decay 5e-4, batch 64, lr x0.1 at 200/440 and 400/440 "
+                    "of the epochs); zhang-evans follows Wong & Kolter (Adam lr 1e-3, batch 50, "
+                    "lr halved every 10 epochs after the eps warm-up). The checkpoint carries "
+                    "everything 'csrs certify' needs.")
     parser.add_argument("--dataset", required=True, help="digits, breast-cancer, cifar10, "
                         "imagenette, ham10000, folder or npz")
     parser.add_argument("--method", required=True,
-                        help="cohen, cohen-r, macer, csrs or zhang-evans")
+                        help="cohen, cohen-r, macer, csrs, margin-cs, smoothadv, smoothadv-cs "
+                             "or zhang-evans")
     parser.add_argument("--sigma", type=_positive_float, default=None,
                         help="noise level (required, except for zhang-evans, which adds no "
                              "noise; there it only sets the sigma of a later smoothed "
@@ -319,17 +358,26 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", help="directory of the dataset files")
     parser.add_argument("--image-size", type=_positive_int,
                         help="image side for imagenette, ham10000 and folder data")
-    parser.add_argument("--batch-size", type=_positive_int, default=64,
-                        help="global batch (default 64); under torchrun each of the N "
-                             "processes takes batch-size / N examples of it")
-    parser.add_argument("--lr", type=_positive_float, default=0.01)
-    parser.add_argument("--momentum", type=_nonnegative_float, default=0.9)
-    parser.add_argument("--weight-decay", type=_nonnegative_float, default=5e-4)
+    parser.add_argument("--batch-size", type=_positive_int, default=None,
+                        help="global batch (default 64; zhang-evans 50); under torchrun each of "
+                             "the N processes takes batch-size / N examples of it")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default=None,
+                        help="default sgd; adam for zhang-evans")
+    parser.add_argument("--lr", type=_positive_float, default=None,
+                        help="learning rate (default: sgd 0.01, adam 1e-3)")
+    parser.add_argument("--momentum", type=_nonnegative_float, default=0.9,
+                        help="SGD momentum (default 0.9)")
+    parser.add_argument("--weight-decay", type=_nonnegative_float, default=None,
+                        help="default: sgd 5e-4, adam 0")
     parser.add_argument("--milestones", type=_milestones, default=None,
-                        help="epochs at which the lr is multiplied by --lr-decay, e.g. '200,400'")
-    parser.add_argument("--lr-decay", type=_positive_float, default=0.1)
+                        help="epochs at which the lr is multiplied by --lr-decay, e.g. '200,400' "
+                             "(default: 200/440 and 400/440 of the epochs; zhang-evans every 10 "
+                             "epochs after the eps warm-up)")
+    parser.add_argument("--lr-decay", type=_positive_float, default=None,
+                        help="default 0.1; zhang-evans 0.5")
     parser.add_argument("--warmup-epochs", type=int, default=0,
-                        help="train the first epochs with lambda = 0 (macer, csrs; default 0)")
+                        help="train the first epochs with the robustness weights lambda at 0 "
+                             "(macer, csrs, margin-cs; default 0)")
     parser.add_argument("--val-fraction", type=_nonnegative_float, default=0.0,
                         help="hold out this stratified fraction of the training split")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
@@ -365,7 +413,7 @@ def _run_train(args: argparse.Namespace) -> int:
             lr_decay=args.lr_decay, seed=args.seed, device=context.device, amp=args.amp,
             resume=args.resume, hparams=hparams, val_fraction=args.val_fraction,
             data_options=data_options, data_seed=args.data_seed,
-            warmup_epochs=args.warmup_epochs)
+            warmup_epochs=args.warmup_epochs, optimizer=args.optimizer)
         result = train(config, progress=not args.quiet)
         if not context.is_main:
             return 0
@@ -454,19 +502,26 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from csrs.report import markdown_table, plot_curves, summary_rows, write_csv
+    from csrs.report import (
+        markdown_table,
+        plot_cost_curves,
+        plot_curves,
+        results_table,
+        write_csv,
+    )
     from csrs.results import read_results
 
     results = {}
     for path in args.results:
         results[path.stem if path.stem not in results else str(path)] = read_results(path)
-    rows = summary_rows(results, args.eps)
-    columns = ["results", "examples", "sensitive", "acc", "rob_cs", "rob_cs_std", "rob_non_std"]
+    rows, columns = results_table(results, args.eps)
     print(markdown_table(rows, columns, bold_best=columns[3:]))
     write_csv(args.out / "summary.csv", rows, [*columns, "eps"])
-    plot = plot_curves(results, args.out / "compare.png", metrics=("rob_cs",),
-                       title="Rob_cs over eps")
-    print(f"wrote {args.out / 'summary.csv'} and {plot}")
+    plots = [plot_curves(results, args.out / "compare.png", metrics=("rob_cs",),
+                         title="Rob_cs over eps"),
+             plot_cost_curves(results, args.out / "compare_cost.png")]
+    print(f"wrote {args.out / 'summary.csv'} and "
+          f"{', '.join(str(plot) for plot in plots if plot is not None)}")
     return 0
 
 

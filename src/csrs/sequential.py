@@ -177,7 +177,9 @@ class SequentialTest:
 
     - ``"mixture"``: anytime-valid confidence sequences (:func:`mixture_lower`), valid at every
       n. R1 alone: pA_lower at alpha. R1 or R2: pA_lower at alpha/2 (shared by R1 and R2) and
-      an upper bound on each p_k, k in Omega, at alpha/(2|Omega|) (Bonferroni).
+      an upper bound on each p_k, k in Omega, at alpha/2: R2 only needs the bound of the one
+      costly class with the largest true p_k to hold, a single event (NOTES.md), so there is
+      no split over |Omega|.
     - ``"looks"``: one-sided Clopper-Pearson at look j with alpha_j; sum_j alpha_j = alpha,
       split between p_A and Omega as above. alpha_j = alpha/J' on the last J' looks, where the
       first of them is the first look at which unanimous votes for c_A could certify: earlier
@@ -285,7 +287,7 @@ class SequentialTest:
             p_a_lower = self._lower(counts[self.candidate], n, level)
             return p_a_lower, 1.0 - p_a_lower, self.sigma * float(ndtri(p_a_lower))
         p_a_lower = self._lower(counts[self.candidate], n, level / 2)
-        share = level / (2 * len(self.costly))
+        share = level / 2
         p_b_upper = max(1.0 - self._lower(n - counts[k], n, share) for k in self.costly)
         phi_a = float(ndtri(p_a_lower))
         return p_a_lower, p_b_upper, max(self.sigma * phi_a,
@@ -300,7 +302,7 @@ class SequentialTest:
         share_a = level if self.r1_only else level / 2
         rates[self.candidate] = 1.0 - self._lower(n - counts[self.candidate], n, share_a)
         if not self.r1_only:
-            share = level / (2 * len(self.costly))
+            share = level / 2
             for k in self.costly:
                 rates[k] = self._lower(counts[k], n, share)
         return self._certify_bounds(rates * self.n_max, self.n_max, self._levels[-1])[2]
