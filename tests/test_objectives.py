@@ -7,19 +7,26 @@ import torch.nn.functional as F
 from scipy.stats import norm
 from torch import nn
 
+from csrs.attacks import smoothed_log_probs, smoothed_pgd_l2
 from csrs.costs import CostMatrix
 from csrs.objectives import (
     METHOD_DEFAULTS,
     OBJECTIVES,
     cohen,
     cohen_r,
+    cost_attack_gain,
     cost_sensitive_classes,
     cost_sensitive_hinge,
     csrs,
+    label_attack_gain,
     macer,
+    margin_cs,
     noisy_probabilities,
+    pairwise_cost_hinge,
     phi_inv_gap,
     resolve_hparams,
+    smoothadv,
+    smoothadv_cs,
     standard_classes,
     standard_hinge,
 )
@@ -190,3 +197,159 @@ def test_hyperparameters_default_and_validate():
         resolve_hparams("macer", {"num_noise": 2.5})
     with pytest.raises(ValueError, match="'smooth'"):
         resolve_hparams("smooth")
+
+
+# ---------------------------------------------------------------------------------------------
+# Real-valued costs: Margin-CS, Cohen-R's weightings, SmoothAdv and SmoothAdv-CS
+
+
+def test_margin_cs_hinges_each_costly_pair_in_its_window_weighted_by_its_cost():
+    # y = 0 with costs C[0] = (0, 10, 2): the pairs 0 -> 1 and 0 -> 2, each with its own gap.
+    probs = torch.tensor([[0.60, 0.30, 0.10], [0.30, 0.45, 0.25], [0.98, 0.01, 0.01],
+                          [0.50, 0.20, 0.30]], dtype=torch.float64)
+    y = torch.zeros(4, dtype=torch.long)
+    cost_rows = torch.tensor([[0.0, 10.0, 2.0]] * 3 + [[0.0, 0.0, 0.0]])
+    gamma2 = 4.0
+    gaps = torch.tensor(norm.ppf(probs[:, :1]) - norm.ppf(probs[:, 1:]))  # gap_1, gap_2
+    assert (gaps[1, 0] < 0 < gaps[1, 1]) and (gaps[2] > gamma2).all()  # rows cover each case
+
+    def expected(lower):
+        inside = (gaps >= lower) & (gaps <= gamma2)
+        hinges = torch.where(inside, SIGMA / 2 * (gamma2 - gaps), 0.0)
+        return (cost_rows[:, 1:].double() * hinges).sum(1)
+
+    nonnegative = pairwise_cost_hinge(probs, y, cost_rows, SIGMA, 0.0, gamma2)
+    torch.testing.assert_close(nonnegative, expected(0.0))
+    assert nonnegative[3] == 0 and nonnegative[2] == 0
+    signed = pairwise_cost_hinge(probs, y, cost_rows, SIGMA, -gamma2, gamma2)
+    torch.testing.assert_close(signed, expected(-gamma2))
+    assert signed[1] > nonnegative[1]  # 0 -> 1 is already lost: only the signed window sees it
+
+
+def test_margin_cs_signed_window_pulls_back_a_costly_class_that_already_wins():
+    logits = torch.tensor([[0.0, 0.1, 0.0]])  # costly class 1 beats the label 0 slightly
+    cost_rows = torch.tensor([[0.0, 3.0, 0.0]])
+    y = torch.tensor([0])
+    for lower, pulled in [(0.0, False), (-16.0, True)]:
+        stub = FixedLogits(logits)
+        probs = noisy_probabilities(stub.logits, num_noise=1, beta=16.0)
+        pairwise_cost_hinge(probs, y, cost_rows, SIGMA, lower, 16.0).sum().backward()
+        assert (stub.logits.grad[0, 1] > 0) == pulled  # descent lowers the costly logit
+        assert (stub.logits.grad.abs().sum() > 0) == pulled
+
+
+def test_margin_cs_is_ce_plus_each_groups_mean_hinge():
+    logits = torch.tensor([[2.0, 0.5, 0.0], [0.2, 0.0, 0.1], [1.0, 0.9, 0.0], [0.3, 0.0, 0.6]])
+    y = torch.tensor([0, 0, 0, 2])
+    cost_rows = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 5.0, 1.0],
+                              [2.0, 0.0, 0.0]])
+    parts = margin_cs(FixedLogits(logits), torch.zeros(4, 3), y, cost_rows, SIGMA,
+                      torch.Generator().manual_seed(0), num_noise=2, lam1=0.7, lam2=2.0)
+    probs = noisy_probabilities(logits.repeat_interleave(2, 0), 2, beta=16.0)
+    normal = standard_hinge(probs, y, SIGMA, gamma=4.0)[:2].mean()
+    sensitive = pairwise_cost_hinge(probs, y, cost_rows, SIGMA, 0.0, 16.0)[2:].mean()
+    assert normal > 0 and sensitive > 0
+    torch.testing.assert_close(parts.classification, F.cross_entropy(logits, y))
+    torch.testing.assert_close(parts.robust_normal, normal.float())
+    torch.testing.assert_close(parts.robust_sensitive, sensitive.float())
+    torch.testing.assert_close(parts.total, parts.classification + 0.7 * parts.robust_normal
+                               + 2.0 * parts.robust_sensitive)
+
+
+@pytest.mark.parametrize("ce", ["per-draw", "smoothed"])
+def test_margin_cs_classification_is_cohens_per_draw_ce_or_macers_smoothed_nll(ce):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.rand(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    parts = margin_cs(model, x, y, torch.zeros(5, 3), SIGMA, torch.Generator().manual_seed(2),
+                      num_noise=3, ce=ce)
+    noise = SIGMA * torch.randn(15, 4, generator=torch.Generator().manual_seed(2))
+    logits = model(x.repeat_interleave(3, 0) + noise)
+    per_draw = F.cross_entropy(logits, y.repeat_interleave(3))
+    smoothed = F.nll_loss(torch.log(F.softmax(logits, 1).view(5, 3, 3).mean(1) + 1e-10), y)
+    assert not torch.isclose(per_draw, smoothed)
+    torch.testing.assert_close(parts.classification, per_draw if ce == "per-draw" else smoothed)
+
+
+def test_cohen_r_group_weighting_is_the_normal_mean_plus_weight_times_the_sensitive_mean():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.rand(8, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 2])
+    cost_rows = torch.zeros(8, 3)
+    cost_rows[y == 1, 0] = 1.0  # two sensitive examples of eight
+
+    def loss(**kwargs):
+        return cohen_r(model, x, y, cost_rows, SIGMA, torch.Generator().manual_seed(3),
+                       weight=1.5, **kwargs).total
+
+    noisy = x + SIGMA * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    per_example = F.cross_entropy(model(noisy), y, reduction="none")
+    sensitive = y == 1
+    torch.testing.assert_close(loss(weighting="group"), per_example[~sensitive].mean()
+                               + 1.5 * per_example[sensitive].mean())
+    torch.testing.assert_close(loss(weighting="example"),
+                               torch.where(sensitive, 1.5, 1.0).mul(per_example).mean())
+    # A cost of 3 counts as three binary costs: weight 1 + (1.5 - 1) * 3.
+    cost_rows[y == 1, 0] = 3.0
+    torch.testing.assert_close(loss(weighting="example"),
+                               torch.where(sensitive, 2.5, 1.0).mul(per_example).mean())
+
+
+@pytest.mark.parametrize("method, key, value, allowed", [
+    ("margin-cs", "window", "both", "nonnegative, signed"),
+    ("margin-cs", "ce", "soft", "per-draw, smoothed"),
+    ("cohen-r", "weighting", 1.0, "example, group"),
+])
+def test_choice_hyperparameters_name_the_bad_value_and_the_allowed_ones(method, key, value,
+                                                                         allowed):
+    assert resolve_hparams(method, {key: allowed.split(", ")[1]})[key] == allowed.split(", ")[1]
+    with pytest.raises(ValueError, match=f"{key} must be one of {allowed}; got {value!r}"):
+        resolve_hparams(method, {key: value})
+    with pytest.raises(ValueError, match="must be a number"):
+        resolve_hparams("margin-cs", {"lam1": "3"})
+
+
+@pytest.mark.parametrize("objective", [smoothadv, smoothadv_cs])
+def test_smoothadv_at_eps_zero_is_gaussian_cross_entropy_over_its_draws(objective):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.rand(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    cost_rows = torch.tensor([[0.0, 2.0, 1.0]] + [[0.0] * 3] * 4)
+    parts = objective(model, x, y, cost_rows, SIGMA, torch.Generator().manual_seed(4),
+                      num_noise=3, steps=2, eps=0.0)
+    noise = SIGMA * torch.randn(15, 4, generator=torch.Generator().manual_seed(4))
+    expected = F.cross_entropy(model(x.repeat_interleave(3, 0) + noise), y.repeat_interleave(3))
+    torch.testing.assert_close(parts.total, expected)
+
+
+def test_smoothadv_attack_leaves_batchnorm_statistics_and_train_mode_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).train()
+    x, y = torch.rand(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    parts = smoothadv(model, x, y, torch.zeros(6, 3), SIGMA, torch.Generator().manual_seed(0),
+                      num_noise=2, steps=3, eps=0.5)
+    assert model.training
+    assert model[1].num_batches_tracked == 1  # the training forward pass only, not the 3 steps
+    parts.total.backward()
+    assert model[0].weight.grad.abs().sum() > 0
+
+
+def test_smoothadv_cs_attacks_a_sensitive_example_towards_its_costliest_class():
+    # Classes 1 and 2 lie symmetrically around class 0 (logits w_k . x with w_1, w_2 mirrored), so
+    # the label's NLL has no preference between them; costs 10 and 1 do.
+    model = nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, -1.0]]))
+    x, y = torch.zeros(1, 2), torch.tensor([0])
+    cost_rows = torch.tensor([[0.0, 10.0, 1.0]])
+    noise = torch.zeros(1, 2)  # one noise-free draw: the attack on the base classifier itself
+
+    def shift(gain):
+        adversarial = smoothed_pgd_l2(model, x, noise, gain, 0.5, steps=4)
+        return smoothed_log_probs(model, adversarial, 1).exp()[0]
+
+    cost_weighted, by_label = shift(cost_attack_gain(y, cost_rows)), shift(label_attack_gain(y))
+    assert cost_weighted[1] > 2 * cost_weighted[2]
+    assert torch.isclose(by_label[1], by_label[2])
+    # Without costs in the row the example is normal, attacked by its label as in SmoothAdv.
+    assert torch.allclose(shift(cost_attack_gain(y, torch.zeros(1, 3))), by_label)

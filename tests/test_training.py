@@ -11,7 +11,14 @@ from csrs.checkpoint import load_checkpoint
 from csrs.costs import CostMatrix
 from csrs.models import build_model
 from csrs.objectives import METHOD_DEFAULTS, OBJECTIVES
-from csrs.training import TrainConfig, default_milestones, train
+from csrs.training import (
+    TrainConfig,
+    _milestones,
+    default_milestones,
+    epoch_hparams,
+    train,
+    training_defaults,
+)
 
 META_FIELDS = ("arch", "num_classes", "class_names", "input_shape", "mean", "std", "dataset",
                "data_dir", "data_options", "sigma", "cost_matrix", "cost_spec", "method",
@@ -121,7 +128,7 @@ def test_default_schedule_is_macers_scaled():
 @pytest.mark.parametrize("field, value", [
     ("method", "smooth"), ("sigma", 0.0), ("sigma", -1.0), ("epochs", 0), ("batch_size", 0),
     ("arch", "vgg99"), ("cost", "3->12"), ("hparams", {"gamma": 8.0}), ("val_fraction", 1.0),
-    ("milestones", (-3,)), ("device", "gpu"),
+    ("milestones", (-3,)), ("device", "gpu"), ("optimizer", "rmsprop"),
 ])
 def test_bad_settings_raise_one_line_naming_the_value(tmp_path, small_digits, field, value):
     shown = "gamma" if field == "hparams" else str(value).strip("()").rstrip(",")
@@ -129,3 +136,90 @@ def test_bad_settings_raise_one_line_naming_the_value(tmp_path, small_digits, fi
         train(config(tmp_path, **{field: value}), splits=small_digits, progress=False)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "model.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# From the command line to the objective; schedules; per-method optimiser defaults
+
+
+def _recording(monkeypatch, method):
+    """Replaces the method's objective by one that records its arguments, then runs it."""
+    calls = []
+    objective = OBJECTIVES[method]
+
+    def record(model, x, y, cost_rows, **kwargs):
+        calls.append({"y": y, "cost_rows": cost_rows, **kwargs})
+        return objective(model, x, y, cost_rows, **kwargs)
+
+    monkeypatch.setitem(OBJECTIVES, method, record)
+    return calls
+
+
+def test_cli_flags_reach_the_objective_with_each_examples_cost_row(tmp_path, monkeypatch):
+    from csrs.cli import main
+
+    calls = _recording(monkeypatch, "margin-cs")
+    out = tmp_path / "m.pt"
+    assert main(["train", "--dataset", "digits", "--method", "margin-cs", "--sigma", "0.5",
+                 "--cost", "3->5:10,8", "--epochs", "1", "--num-noise", "2", "--lam1", "0.5",
+                 "--lam2", "7", "--gamma2", "12", "--ce", "smoothed", "--window", "signed",
+                 "--out", str(out), "--quiet"]) == 0
+    expected = {"num_noise": 2, "lam1": 0.5, "lam2": 7.0, "gamma2": 12.0, "ce": "smoothed",
+                "window": "signed", "gamma1": 4.0, "beta": 16.0, "sigma": 0.5}
+    assert all(call[key] == value for call in calls for key, value in expected.items())
+    rows = torch.cat([call["cost_rows"] for call in calls])
+    labels = torch.cat([call["y"] for call in calls])
+    costs_of_3 = torch.zeros(10)
+    costs_of_3[5], costs_of_3[8] = 10.0, 1.0
+    assert (rows[labels == 3] == costs_of_3).all() and (rows[labels != 3] == 0).all()
+    assert load_checkpoint(out).meta["hparams"]["window"] == "signed"
+
+
+def test_cli_refuses_an_unknown_choice_in_one_line(tmp_path, capsys):
+    from csrs.cli import main
+
+    code = main(["train", "--dataset", "digits", "--method", "margin-cs", "--sigma", "0.5",
+                 "--epochs", "1", "--window", "both", "--out", str(tmp_path / "m.pt")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "'both'" in err and "nonnegative, signed" in err
+
+
+def test_robustness_weights_wait_for_the_warmup_and_eps_ramps_up_linearly():
+    margin = {"lam1": 3.0, "lam2": 2.0, "gamma2": 16.0}
+    assert epoch_hparams(margin, 0, 2) == {"lam1": 0.0, "lam2": 0.0, "gamma2": 16.0}
+    assert epoch_hparams(margin, 2, 2) == margin
+    ramp = [epoch_hparams({"eps": 0.5, "eps_warmup": 4, "steps": 2}, epoch, 0)["eps"]
+            for epoch in range(6)]
+    assert ramp == pytest.approx([0.125, 0.25, 0.375, 0.5, 0.5, 0.5])
+
+
+def test_the_loop_trains_smoothadv_at_the_warmed_up_eps(tmp_path, small_digits, monkeypatch):
+    calls = _recording(monkeypatch, "smoothadv")
+    train(config(tmp_path, method="smoothadv", epochs=2, hparams={"num_noise": 2, "steps": 1,
+                                                                   "eps": 0.4, "eps_warmup": 2}),
+          splits=small_digits, progress=False)
+    per_epoch = len(calls) // 2
+    assert [call["eps"] for call in calls] == pytest.approx([0.2] * per_epoch + [0.4] * per_epoch)
+
+
+def test_zhang_evans_trains_with_wong_and_kolters_adam_unless_told_otherwise(
+        tmp_path, small_digits):
+    defaults = TrainConfig(dataset="digits", method="zhang-evans", sigma=0.5, epochs=40,
+                           out=tmp_path / "ze.pt")
+    assert (defaults.optimizer, defaults.lr, defaults.batch_size, defaults.weight_decay,
+            defaults.lr_decay) == ("adam", 1e-3, 50, 0.0, 0.5)
+    assert _milestones(defaults, {"eps_warmup": 5}) == (15, 25, 35)  # halved after the warm-up
+    assert training_defaults("zhang-evans", "sgd") | {"batch_size": 50} == {
+        "optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4, "batch_size": 50, "lr_decay": 0.5}
+    told = TrainConfig(dataset="digits", method="zhang-evans", sigma=0.5, epochs=1,
+                       out=tmp_path / "sgd.pt", optimizer="sgd", lr=0.05)
+    assert (told.optimizer, told.lr, told.weight_decay) == ("sgd", 0.05, 5e-4)
+    others = TrainConfig(dataset="digits", method="margin-cs", sigma=0.5, epochs=1, out=tmp_path)
+    assert (others.optimizer, others.lr, others.batch_size) == ("sgd", 0.01, 64)
+
+    result = train(config(tmp_path, method="zhang-evans", arch="convex-mlp", epochs=1, lr=None,
+                          batch_size=None, hparams={}), splits=small_digits, progress=False)
+    checkpoint = load_checkpoint(result.path)
+    assert checkpoint.meta["hparams"]["optimizer"] == "adam"
+    assert all("exp_avg" in state for state in checkpoint.training["optimizer"]["state"].values())

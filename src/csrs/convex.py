@@ -12,16 +12,16 @@ from l_inf to l2 with the dual network of Wong et al. (2018). This module is tha
   classified into Omega_y); a non-sensitive one when J_k > 0 for every k != y (standard
   certified robustness). The certificates are deterministic and cover the whole l2 ball, not its
   intersection with the [0, 1] box.
-- :func:`zhang_evans_objective`: clean cross-entropy + kappa * the cost-sensitive robust loss,
-  with :func:`eps_schedule` for Wong & Kolter's linear warm-up of eps.
+- :func:`cost_sensitive_robust_loss`: Zhang & Evans's robust loss on the costly pairs, which the
+  objective ``zhang-evans`` of :mod:`csrs.objectives` adds to the clean cross-entropy.
 
 ``convex_adversarial`` reads ``nn.Sequential`` networks of ``nn.Linear``, ``nn.Conv2d``,
 ``nn.ReLU`` and ``nn.Flatten`` only (its BatchNorm support is broken in 0.4.4). The csrs model
 ``nn.Sequential(Normalize(mean, std), net)`` is accepted: nested Sequentials are flattened, an
-identity ``Normalize`` (mean/std None, the default of :data:`CONVEX_ARCHITECTURES`) is dropped,
-and a real one is folded exactly into a following linear layer. It cannot be folded into a
-zero-padded convolution (the padding would have to be the mean), so convolutional models take
-their [0, 1] inputs unnormalised.
+identity ``Normalize`` (mean/std None) is dropped, and a real one is folded exactly into a
+following linear layer. It cannot be folded into a zero-padded convolution (the padding would
+have to be the mean), so convolutional models take their [0, 1] inputs unnormalised. The
+architectures it reads are built by :mod:`csrs.models` (``convex-mlp``, ``convex-cnn``).
 """
 
 from __future__ import annotations
@@ -40,8 +40,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from csrs.costs import CostMatrix
-from csrs.models import Normalize, mlp
-from csrs.objectives import LossParts
+from csrs.models import ARCHITECTURES, Normalize
 from csrs.results import ResultsStream, prepare_results
 
 __all__ = [
@@ -51,12 +50,9 @@ __all__ = [
     "certify_convex",
     "certify_dataset_convex",
     "check_convex_supported",
-    "convex_cnn",
     "convex_sequential",
     "cost_sensitive_robust_loss",
-    "eps_schedule",
     "margin_lower_bounds",
-    "zhang_evans_objective",
 ]
 
 CONVEX_COLUMNS = ("idx", "label", "predict", "correct", "sensitive", "certified", "margin", "eps",
@@ -64,33 +60,9 @@ CONVEX_COLUMNS = ("idx", "label", "predict", "correct", "sensitive", "certified"
 _SUPPORTED = "Linear, Conv2d, ReLU, Flatten (and csrs Normalize in front)"
 
 
-# ---------------------------------------------------------------------------------------------
-# Architectures the dual network can read
-
-
-def convex_cnn(num_classes: int, input_shape: tuple[int, ...]) -> nn.Sequential:
-    """Returns Wong & Kolter's "small" network: two 4x4 stride-2 convs (16 and 32 channels,
-    padding 1), a 100-unit ReLU layer and a linear output layer. H and W must be multiples of 4.
-    """
-    if len(input_shape) != 3 or input_shape[1] % 4 or input_shape[2] % 4 or min(input_shape) < 1:
-        raise ValueError(f"convex-cnn needs an image shape (C, H, W) with H and W multiples of 4; "
-                         f"got {tuple(input_shape)}")
-    channels, height, width = input_shape
-    return nn.Sequential(
-        nn.Conv2d(channels, 16, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(32 * (height // 4) * (width // 4), 100),
-        nn.ReLU(),
-        nn.Linear(100, num_classes),
-    )
-
-
-CONVEX_ARCHITECTURES: dict[str, Callable[[int, tuple[int, ...]], nn.Sequential]] = {
-    "convex-mlp": mlp,  # csrs's MLP is already Flatten/Linear/ReLU only
-    "convex-cnn": convex_cnn,
+# The architectures of csrs.models that the dual network reads (Linear/Conv2d/ReLU/Flatten only).
+CONVEX_ARCHITECTURES: dict[str, Callable[[int, tuple[int, ...]], nn.Module]] = {
+    name: ARCHITECTURES[name] for name in ("convex-mlp", "convex-cnn")
 }
 
 
@@ -243,55 +215,24 @@ def margin_lower_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> T
     return bounds.masked_fill(eye[y].bool(), 0.0)
 
 
-def cost_sensitive_robust_loss(model: nn.Module, x: Tensor, y: Tensor, costly_mask: Tensor,
+def cost_sensitive_robust_loss(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor,
                                eps: float) -> Tensor:
     """Returns Zhang & Evans's cost-sensitive robust loss of the batch (0-dim):
-    (1/B) sum_i sum_{k in Omega_{y_i}} log(1 + exp(-J_k(x_i))).
+    (1/B) sum_i sum_{k in Omega_{y_i}} C[y_i][k] * log(1 + exp(-J_k(x_i))).
 
-    Each costly pair (y -> k) is a logistic loss on its certified margin J_k (Zhang & Evans 2019,
-    Sec. 3, with unit costs; Wong & Kolter's robust cross-entropy restricted to costly targets).
-    Examples with empty Omega_y contribute 0, and their bounds are not computed.
+    ``cost_rows`` (B, m) holds each example's cost row C[y] (a bool Omega_y table means unit
+    costs). Each costly pair (y -> k) is a logistic loss on its certified margin J_k, weighted by
+    its cost (Zhang & Evans 2019, Sec. 3; Wong & Kolter's robust cross-entropy restricted to
+    costly targets). Their code puts the costs inside one log, log(1 + sum_k C_k exp(-J_k)); the
+    two agree for a single costly class of cost 1 and both vanish as every J_k grows. Examples
+    with empty Omega_y contribute 0, and their bounds are not computed.
     """
-    sensitive = costly_mask.any(1)
+    costs = cost_rows.to(x.dtype)
+    sensitive = (costs > 0).any(1)
     if not bool(sensitive.any()):
         return x.new_zeros(())
     bounds = margin_lower_bounds(model, x[sensitive], y[sensitive], eps)
-    pair_losses = torch.where(costly_mask[sensitive], F.softplus(-bounds), 0.0)
-    return pair_losses.sum() / len(y)
-
-
-def zhang_evans_objective(model: nn.Module, x: Tensor, y: Tensor, costly_mask: Tensor, *,
-                          eps: float, kappa: float = 1.0) -> LossParts:
-    """Returns Zhang & Evans's training loss: CE(f(x), y) + kappa * cost-sensitive robust loss.
-
-    The robust part is :func:`cost_sensitive_robust_loss` at ``eps`` (warm it up with
-    :func:`eps_schedule`); it is logged as ``robust_sensitive``, ``robust_normal`` is 0, and
-    ``accuracy`` is the clean accuracy of f(x) (no noise: this method does not smooth).
-    """
-    if kappa < 0:
-        raise ValueError(f"kappa must be >= 0; got {kappa}")
-    logits = model(x)
-    classification = F.cross_entropy(logits, y)
-    robust = cost_sensitive_robust_loss(model, x, y, costly_mask, eps)
-    accuracy = (logits.argmax(1) == y).float().mean().detach()
-    return LossParts(classification + kappa * robust, classification.detach(),
-                     torch.zeros((), device=x.device), robust.detach(), accuracy)
-
-
-def eps_schedule(epoch: int, step: int, steps_per_epoch: int, *, eps: float,
-                 warmup_epochs: float) -> float:
-    """Returns the training eps at ``step`` (0-based) of ``epoch`` (0-based): a linear ramp from
-    eps / (warmup steps) to ``eps`` over the first ``warmup_epochs`` epochs, then ``eps``.
-
-    Wong & Kolter ramp eps linearly from a small value over their first epochs (per epoch); a
-    per-step ramp is the same idea without jumps. Certifying at full eps right away makes the
-    first bounds so loose that the robust term swamps the classification term.
-    """
-    eps = _check_eps(eps)
-    if warmup_epochs <= 0:
-        return eps
-    done = epoch * steps_per_epoch + step + 1
-    return eps * min(1.0, done / (warmup_epochs * steps_per_epoch))
+    return (costs[sensitive] * F.softplus(-bounds)).sum() / len(y)
 
 
 # ---------------------------------------------------------------------------------------------

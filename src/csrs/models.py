@@ -283,15 +283,26 @@ def resnet50(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
 # ---------------------------------------------------------------------------------------------
 # Registry and the public constructor
 
-def _convex(name: str) -> Callable[..., nn.Module]:
-    """A builder from :data:`csrs.convex.CONVEX_ARCHITECTURES`, imported on first use."""
+def convex_cnn(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """Returns Wong & Kolter's "small" network: two 4x4 stride-2 convs (16 and 32 channels,
+    padding 1), a 100-unit ReLU layer and a linear output layer. H and W must be multiples of 4.
 
-    def build(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
-        from csrs.convex import CONVEX_ARCHITECTURES
-
-        return CONVEX_ARCHITECTURES[name](num_classes, input_shape)
-
-    return build
+    Linear/Conv2d/ReLU/Flatten only, so that the dual network of :mod:`csrs.convex` reads it.
+    """
+    if len(input_shape) != 3 or input_shape[1] % 4 or input_shape[2] % 4 or min(input_shape) < 1:
+        raise ValueError(f"convex-cnn needs an image shape (C, H, W) with H and W multiples of 4; "
+                         f"got {tuple(input_shape)}")
+    channels, height, width = input_shape
+    return nn.Sequential(
+        nn.Conv2d(channels, 16, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * (height // 4) * (width // 4), 100),
+        nn.ReLU(),
+        nn.Linear(100, num_classes),
+    )
 
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
@@ -305,8 +316,8 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "resnet50": resnet50,
     # Linear/Conv/ReLU only, for Zhang & Evans's convex bounds (method zhang-evans).
-    "convex-mlp": _convex("convex-mlp"),
-    "convex-cnn": _convex("convex-cnn"),
+    "convex-mlp": mlp,  # already Flatten/Linear/ReLU only
+    "convex-cnn": convex_cnn,
 }
 
 

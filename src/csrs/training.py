@@ -1,8 +1,16 @@
 """One training loop for every method of :data:`csrs.objectives.OBJECTIVES`.
 
-SGD with momentum and a step schedule, as MACER publishes it for CIFAR-10 (440 epochs, batch 64,
-lr 0.01, momentum 0.9, weight decay 5e-4, lr x0.1 at epochs 200 and 400); by default the schedule
-is scaled to the number of epochs. A checkpoint (:mod:`csrs.checkpoint`) is written atomically at
+By default SGD with momentum and a step schedule, as MACER publishes it for CIFAR-10 (440 epochs,
+batch 64, lr 0.01, momentum 0.9, weight decay 5e-4, lr x0.1 at epochs 200 and 400), the schedule
+scaled to the number of epochs. A method whose authors train otherwise names its own defaults in
+:data:`METHOD_TRAINING`: Zhang & Evans follow Wong & Kolter (Adam, lr 1e-3, batch 50, lr halved
+every 10 epochs after the eps warm-up). Settings left None in :class:`TrainConfig` take the
+method's defaults; settings given are used as they are.
+
+Schedules of the method's hyperparameters: for the first ``warmup_epochs`` epochs every
+robustness weight (:data:`csrs.objectives.ROBUSTNESS_WEIGHTS`) is 0, and a method with
+``eps_warmup`` trains at eps * min(1, (epoch + 1) / eps_warmup), the per-epoch linear ramp of
+Wong & Kolter and of Salman et al. A checkpoint (:mod:`csrs.checkpoint`) is written atomically at
 the end of every epoch with everything ``--resume`` needs: optimizer, scheduler and generator
 states, so that an interrupted run resumed on CPU ends with bitwise the same weights.
 
@@ -36,11 +44,26 @@ from tqdm.auto import tqdm
 
 from csrs import distributed
 from csrs.checkpoint import load_checkpoint, save_checkpoint
+from csrs.convex import check_convex_supported
 from csrs.costs import CostMatrix
 from csrs.models import ARCHITECTURES, build_model
-from csrs.objectives import OBJECTIVES, LossParts, resolve_hparams
+from csrs.objectives import OBJECTIVES, ROBUSTNESS_WEIGHTS, LossParts, resolve_hparams
 
-__all__ = ["TrainConfig", "TrainResult", "default_milestones", "train"]
+__all__ = ["METHOD_TRAINING", "OPTIMIZERS", "TrainConfig", "TrainResult", "default_milestones",
+           "epoch_hparams", "train", "training_defaults"]
+
+# The optimisers, with their defaults where neither the method nor the config sets them.
+OPTIMIZERS: dict[str, dict[str, float]] = {
+    "sgd": {"lr": 0.01, "weight_decay": 5e-4},
+    "adam": {"lr": 1e-3, "weight_decay": 0.0},
+}
+# Training settings of the methods whose authors publish their own; the others train as MACER.
+_MACER_TRAINING = {"optimizer": "sgd", "batch_size": 64, "lr_decay": 0.1}
+METHOD_TRAINING: dict[str, dict[str, Any]] = {
+    # Wong & Kolter (2018) and Zhang & Evans (2019): Adam, lr 1e-3, batch 50; lr halved every
+    # 10 epochs once the eps warm-up is over (the milestones: :func:`_default_schedule`).
+    "zhang-evans": {"optimizer": "adam", "batch_size": 50, "lr_decay": 0.5},
+}
 
 # The parts of LossParts averaged per epoch, and their short names on the progress bar.
 _METRICS = {"loss": "total", "cls": "classification", "rob_n": "robust_normal",
@@ -54,9 +77,13 @@ _RESUME_FIELDS = ("method", "dataset", "data_options", "arch", "sigma", "seed", 
 class TrainConfig:
     """Everything one training run depends on.
 
-    ``out`` is the checkpoint file. ``cost`` and ``arch`` default to the dataset's. ``milestones``
-    are the epochs (counted from 0) from which the lr is multiplied once more by ``lr_decay``;
-    ``None`` scales MACER's schedule (:func:`default_milestones`). ``hparams`` override the
+    ``out`` is the checkpoint file. ``cost`` and ``arch`` default to the dataset's.
+    ``optimizer`` ("sgd" or "adam"), ``batch_size``, ``lr``, ``weight_decay`` and ``lr_decay``
+    left None are filled in from the method's defaults when the config is made
+    (:func:`training_defaults`); ``momentum`` is SGD's only. ``milestones`` are the epochs
+    (counted from 0) from which the lr is multiplied once more by ``lr_decay``; ``None`` scales
+    MACER's schedule (:func:`default_milestones`), or for zhang-evans halves the lr every 10
+    epochs after the eps warm-up. ``hparams`` override the
     method's :data:`~csrs.objectives.METHOD_DEFAULTS`. ``val_fraction`` holds out a stratified
     part of the training split for tuning: it is never trained on, and
     ``validation_split(splits.train, None, val_fraction, seed)`` gives it back. ``amp`` runs the
@@ -75,12 +102,12 @@ class TrainConfig:
     cost: str | None = None
     arch: str | None = None
     data_dir: str | None = None
-    batch_size: int = 64
-    lr: float = 0.01
+    batch_size: int | None = None
+    lr: float | None = None
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float | None = None
     milestones: tuple[int, ...] | None = None
-    lr_decay: float = 0.1
+    lr_decay: float | None = None
     seed: int = 0
     device: str = "cpu"
     amp: bool = False
@@ -90,6 +117,21 @@ class TrainConfig:
     data_options: dict[str, Any] = field(default_factory=dict)
     data_seed: int = 0
     warmup_epochs: int = 0
+    optimizer: str | None = None
+
+    def __post_init__(self) -> None:
+        for key, value in training_defaults(self.method, self.optimizer).items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+
+
+def training_defaults(method: str, optimizer: str | None = None) -> dict[str, Any]:
+    """Returns the method's default optimizer, batch_size, lr, weight_decay and lr_decay; with
+    ``optimizer`` given, that optimizer's lr and weight decay (:data:`OPTIMIZERS`)."""
+    defaults = {**_MACER_TRAINING, **METHOD_TRAINING.get(method, {})}
+    if optimizer is not None:
+        defaults["optimizer"] = optimizer
+    return {**defaults, **OPTIMIZERS.get(defaults["optimizer"], {})}
 
 
 @dataclass
@@ -108,9 +150,37 @@ def default_milestones(epochs: int) -> tuple[int, ...]:
     return round(epochs * 200 / 440), round(epochs * 400 / 440)
 
 
+def _milestones(config: TrainConfig, hparams: dict[str, Any]) -> tuple[int, ...]:
+    """Returns the config's milestones, or the method's default schedule for its epochs."""
+    if config.milestones is not None:
+        return tuple(config.milestones)
+    if config.method == "zhang-evans":  # Wong & Kolter: halve every 10 epochs after the warm-up
+        return tuple(range(hparams["eps_warmup"] + 10, config.epochs, 10))
+    return default_milestones(config.epochs)
+
+
+def epoch_hparams(hparams: dict[str, Any], epoch: int, warmup_epochs: int) -> dict[str, Any]:
+    """Returns the hyperparameters of ``epoch`` (counted from 0): every robustness weight 0 in
+    the first ``warmup_epochs`` epochs, and eps ramped up linearly over ``eps_warmup`` epochs.
+
+    From scratch, lambda = 12 can swamp the classification loss before classes separate; a full
+    eps at once makes the first convex bounds so loose, or the first attacks so strong, that the
+    robust term does the same.
+    """
+    scheduled = dict(hparams)
+    if epoch < warmup_epochs:
+        scheduled |= {key: 0.0 for key in ROBUSTNESS_WEIGHTS if key in hparams}
+    if "eps_warmup" in hparams:
+        scheduled["eps"] = hparams["eps"] * min(1.0, (epoch + 1) / max(hparams["eps_warmup"], 1))
+    return scheduled
+
+
 def _check_config(config: TrainConfig) -> dict[str, Any]:
     """Raises ValueError naming the first bad setting; returns the method's hyperparameters."""
     hparams = resolve_hparams(config.method, config.hparams)
+    if config.optimizer not in OPTIMIZERS:  # before the checks below, which need its defaults
+        raise ValueError(f"unknown optimizer '{config.optimizer}'; choose from: "
+                         f"{', '.join(OPTIMIZERS)}")
     checks = [
         (config.sigma > 0, f"sigma must be positive; got {config.sigma!r}"),
         (isinstance(config.epochs, int) and config.epochs >= 1,
@@ -183,10 +253,9 @@ def _meta(config: TrainConfig, splits: Any, arch: str, cost: CostMatrix, cost_sp
           hparams: dict[str, Any], epoch: int) -> dict[str, Any]:
     """Returns the checkpoint metadata: what certification and --resume need to know."""
     training_hparams = {key: getattr(config, key) for key in (
-        "batch_size", "lr", "momentum", "weight_decay", "lr_decay", "amp", "val_fraction",
-        "warmup_epochs")}
-    milestones = config.milestones if config.milestones is not None \
-        else default_milestones(config.epochs)
+        "optimizer", "batch_size", "lr", "momentum", "weight_decay", "lr_decay", "amp",
+        "val_fraction", "warmup_epochs")}
+    milestones = _milestones(config, hparams)
     return {
         "arch": arch, "num_classes": splits.num_classes, "class_names": list(splits.class_names),
         "input_shape": list(splits.input_shape),
@@ -207,8 +276,10 @@ def _check_resumable(saved: dict[str, Any], meta: dict[str, Any], path: Path) ->
     for key in _RESUME_FIELDS:
         old, new = saved.get(key), meta[key]
         if key == "hparams":
-            # The schedule may differ when --epochs is raised to extend a run.
-            old = {k: v for k, v in (old or {}).items() if k != "milestones"}
+            # The schedule may differ when --epochs is raised to extend a run; checkpoints from
+            # before the optimizer was a setting were trained with SGD.
+            old = {"optimizer": "sgd", **{k: v for k, v in (old or {}).items()
+                                          if k != "milestones"}}
             new = {k: v for k, v in new.items() if k != "milestones"}
         if old != new:
             shown = (saved.get("cost_spec"), meta["cost_spec"]) if key == "cost_matrix" \
@@ -218,11 +289,12 @@ def _check_resumable(saved: dict[str, Any], meta: dict[str, Any], path: Path) ->
 
 
 def _run_epoch(model: nn.Module, batches: Any, objective: Callable[..., LossParts],
-               optimizer: torch.optim.Optimizer, costly_table: Tensor,
+               optimizer: torch.optim.Optimizer, cost_table: Tensor,
                augment: Callable[[Tensor, torch.Generator], Tensor] | None,
                generator: torch.Generator, amp: bool) -> dict[str, float]:
-    """Returns the loss parts and noisy accuracy averaged over the examples of one epoch."""
-    device = costly_table.device
+    """Returns the loss parts and noisy accuracy averaged over the examples of one epoch;
+    ``cost_table`` is the cost matrix, whose rows C[y] the objective receives."""
+    device = cost_table.device
     sums = torch.zeros(len(_METRICS), device=device)
     seen = 0
     for step, (x, y) in enumerate(batches):
@@ -231,7 +303,7 @@ def _run_epoch(model: nn.Module, batches: Any, objective: Callable[..., LossPart
         if augment is not None:
             x = augment(x, generator)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            parts = objective(model, x, y, costly_table[y])
+            parts = objective(model, x, y, cost_table[y])
         optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
         optimizer.step()
@@ -293,16 +365,16 @@ def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
     model = build_model(arch, num_classes=splits.num_classes, input_shape=splits.input_shape,
                         mean=splits.mean, std=splits.std)
     if config.method == "zhang-evans":
-        from csrs.convex import check_convex_supported
-
         check_convex_supported(model, tuple(splits.input_shape))
     model = _prepare_model(model, device)
     plain = getattr(model, "module", model)  # DistributedDataParallel wraps the model it trains
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    milestones = config.milestones if config.milestones is not None \
-        else default_milestones(config.epochs)
-    lr_factor = _lr_factor(milestones, config.lr_decay)
+    if config.optimizer == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
+                                     weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                    weight_decay=config.weight_decay)
+    lr_factor = _lr_factor(_milestones(config, hparams), config.lr_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     shuffle_generator = torch.Generator().manual_seed(config.seed)
     noise_seed = config.seed + 1 + (context.rank << 32)
@@ -310,7 +382,7 @@ def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
     # The shuffle generator must draw the same order on every process, so with several each
     # augments its own examples from its own generator.
     augment_generator = shuffle_generator if not context.distributed else noise_generator
-    costly_table = torch.tensor(cost.mask.copy(), device=device)
+    cost_table = torch.tensor(cost.matrix, dtype=torch.float32, device=device)
     objective = OBJECTIVES[config.method]
     out = Path(config.out)
 
@@ -344,16 +416,9 @@ def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
                                      rank=context.rank, world_size=context.world_size),
                        desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not (progress and context.is_main))
-        # Warm-up: the robustness terms (weight lambda) join after the first epochs; from
-        # scratch, lambda = 12 can swamp the classification loss before classes separate.
-        epoch_hparams = ({**hparams, "lam": 0.0} if epoch < config.warmup_epochs
-                         and "lam" in hparams else dict(hparams))
-        if "eps_warmup" in hparams:  # Zhang & Evans: eps grows linearly over the first epochs
-            epoch_hparams["eps"] = hparams["eps"] * min(
-                1.0, (epoch + 1) / max(hparams["eps_warmup"], 1))
         step = partial(objective, sigma=config.sigma, generator=noise_generator,
-                       **epoch_hparams)
-        metrics = _run_epoch(model, batches, step, optimizer, costly_table, splits.augment,
+                       **epoch_hparams(hparams, epoch, config.warmup_epochs))
+        metrics = _run_epoch(model, batches, step, optimizer, cost_table, splits.augment,
                              augment_generator, config.amp)
         metrics |= {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                     "seconds": time.perf_counter() - began}
