@@ -293,9 +293,10 @@ def write_experiment_report(out: Path, *, title: str, description: str, sigma: f
               f"examples with a non-costly prediction and max(R1, R2) > eps; Rob_cs^(std): the "
               f"same with R1 alone; Rob_non^(std): non-sensitive examples correct with the "
               f"standard radius > eps. Best value of each column in bold.", ""]
-    table_columns = ["method", "acc", "rob_cs", "rob_cs_std", "rob_non_std", "hparams"]
     test_groups = _setting_groups(tests)
     for (dataset, cost), rows in _setting_groups(summary).items():
+        metrics = metric_columns(rows)
+        table_columns = ["method", *metrics, "hparams"]
         shown = [{**row, "method": METHOD_LABELS.get(row["method"], row["method"])}
                  for row in rows]
         seeds = max(int(row.get("seeds", 1)) for row in rows)
@@ -303,7 +304,8 @@ def write_experiment_report(out: Path, *, title: str, description: str, sigma: f
                   f"{rows[0]['examples']} test examples, {rows[0]['sensitive']} sensitive"
                   + (f"; mean over {seeds} seeds" if seeds > 1 else "") + ".", "",
                   markdown_table(shown, table_columns, headers={"hparams": "chosen"},
-                                 bold_best=table_columns[1:5]), ""]
+                                 bold_best=[m for m in metrics
+                                            if m not in ("recall", "precision")]), ""]
         if all("adaptive_rob_cs" in row for row in rows):
             lines += ["Decided at eps by the sequential test (`csrs certify --adaptive`): the "
                       "same alpha, up to `certify.adaptive_n` samples per example (the demo: "
@@ -322,6 +324,14 @@ def write_experiment_report(out: Path, *, title: str, description: str, sigma: f
                                    title=f"{dataset}, cost '{cost}': Rob_cs over eps")
         blind = [t for t in test_groups[(dataset, cost)] if t["method"] in ("cohen", "macer")]
         lines += [f"![Rob_cs over eps]({curve.name})", ""]
+        if ":" in cost:  # real-valued costs: the certified cost over eps too
+            first: dict[str, Any] = {}
+            for test in test_groups[(dataset, cost)]:
+                first.setdefault(METHOD_LABELS.get(test["method"], test["method"]), test["rows"])
+            cost_curve = plot_cost_curves(first, out / f"cost_{key}.png", eps_max=eps_max,
+                                          title=f"{dataset}, cost '{cost}': certified cost")
+            if cost_curve is not None:
+                lines += [f"![certified cost over eps]({cost_curve.name})", ""]
         if blind:
             r1r2 = plot_r1_vs_r2(blind, out / f"r1_vs_r2_{key}.png", eps_max=eps_max,
                                  title=f"{dataset}, cost '{cost}': R1 vs max(R1, R2)")
