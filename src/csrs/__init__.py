@@ -11,7 +11,9 @@ from csrs.costs import CostMatrix
 from csrs.stats import (
     ABSTAIN,
     Certificate,
+    CostCertificate,
     StandardCertificate,
+    certify_cost_counts,
     certify_counts,
     cohen_certify_counts,
     cohen_predict_counts,
@@ -32,9 +34,11 @@ _LAZY = {
 __all__ = [
     "ABSTAIN",
     "Certificate",
+    "CostCertificate",
     "CostMatrix",
     "StandardCertificate",
     "__version__",
+    "certify_cost_counts",
     "certify_counts",
     "cohen_certify_counts",
     "cohen_predict_counts",
