@@ -229,8 +229,23 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_report)
 
 
-def _run_report(args: argparse.Namespace) -> int:
-    from csrs.metrics import per_class
+def _read_named(paths: Sequence[Path]) -> dict[str, list[dict]]:
+    """Read results files, named by their stem (the full path where two stems clash)."""
+    from csrs.results import read_results
+
+    results = {}
+    for path in paths:
+        name = path.stem if path.stem not in results else str(path)
+        results[name] = read_results(path)
+        if not results[name]:
+            raise ValueError(f"results file '{path}' has no finished rows yet")
+    return results
+
+
+def _tabulate(results: dict[str, list[dict]], eps: float, out: Path, *, curves: str,
+              cost_curves: str, metrics: Sequence[str], title: str) -> list[Path]:
+    """Print the metrics table at eps, write summary.csv and the Rob_cs and certified-cost
+    curves; return what was written."""
     from csrs.report import (
         markdown_table,
         plot_cost_curves,
@@ -238,31 +253,34 @@ def _run_report(args: argparse.Namespace) -> int:
         results_table,
         write_csv,
     )
-    from csrs.results import read_results
 
-    results = {}
-    for path in args.results:
-        name = path.stem if path.stem not in results else str(path)
-        results[name] = read_results(path)
-        if not results[name]:
-            return _fail(f"results file '{path}' has no finished rows yet")
+    rows, columns = results_table(results, eps)
+    print(f"certified robustness at eps = {eps}")
+    print(markdown_table(rows, columns, bold_best=columns[3:] if len(rows) > 1 else ()))
+    written = [write_csv(out / "summary.csv", rows, [*columns, "eps"]),
+               plot_curves(results, out / curves, metrics=metrics, title=title),
+               plot_cost_curves(results, out / cost_curves)]
+    return [path for path in written if path is not None]
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from csrs.metrics import METRICS, per_class
+    from csrs.report import write_csv
+
+    results = _read_named(args.results)
     out = args.out or args.results[0].with_name(args.results[0].stem + "-report")
     if any("certified" in rows[0] for rows in results.values()):
         return _report_decisions(results, out)
-    rows, columns = results_table(results, args.eps)
-    print(f"certified robustness at eps = {args.eps}")
-    print(markdown_table(rows, columns, bold_best=columns[3:] if len(rows) > 1 else ()))
-    write_csv(out / "summary.csv", rows, [*columns, "eps"])
+    written = _tabulate(results, args.eps, out, curves="certified_curves.png",
+                        cost_curves="certified_cost.png",
+                        metrics=("rob_cs", "rob_cs_std", "rob_non_std"),
+                        title="certified robustness over the l2 radius")
     classes = [{"results": name, **row} for name, res in results.items()
                for row in per_class(res, args.eps)]
-    write_csv(out / "per_class.csv", classes,
-              ["results", "label", "examples", "sensitive",
-               *(c for c in columns[3:] if c not in ("recall", "precision"))])
-    plots = [plot_curves(results, out / "certified_curves.png",
-                         title="certified robustness over the l2 radius"),
-             plot_cost_curves(results, out / "certified_cost.png")]
-    shown = ", ".join(str(plot) for plot in plots if plot is not None)
-    print(f"wrote {out / 'summary.csv'}, {out / 'per_class.csv'} and {shown}")
+    written.append(write_csv(out / "per_class.csv", classes,
+                             ["results", "label", "examples", "sensitive", *METRICS,
+                              "clean_cost"]))
+    print(f"wrote {', '.join(str(path) for path in written)}")
     return 0
 
 
@@ -502,26 +520,10 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from csrs.report import (
-        markdown_table,
-        plot_cost_curves,
-        plot_curves,
-        results_table,
-        write_csv,
-    )
-    from csrs.results import read_results
-
-    results = {}
-    for path in args.results:
-        results[path.stem if path.stem not in results else str(path)] = read_results(path)
-    rows, columns = results_table(results, args.eps)
-    print(markdown_table(rows, columns, bold_best=columns[3:]))
-    write_csv(args.out / "summary.csv", rows, [*columns, "eps"])
-    plots = [plot_curves(results, args.out / "compare.png", metrics=("rob_cs",),
-                         title="Rob_cs over eps"),
-             plot_cost_curves(results, args.out / "compare_cost.png")]
-    print(f"wrote {args.out / 'summary.csv'} and "
-          f"{', '.join(str(plot) for plot in plots if plot is not None)}")
+    written = _tabulate(_read_named(args.results), args.eps, args.out, curves="compare.png",
+                        cost_curves="compare_cost.png", metrics=("rob_cs",),
+                        title="Rob_cs over eps")
+    print(f"wrote {', '.join(str(path) for path in written)}")
     return 0
 
 

@@ -190,7 +190,8 @@ def per_class(rows: Sequence[Mapping[str, Any]] | ResultArrays,
                                  for name in ResultArrays.__dataclass_fields__})
         table.append({"label": int(label), "examples": int(mask.sum()),
                       "sensitive": bool(subset.sensitive.any()),
-                      **_metrics_at(subset, eps)})
+                      **_metrics_at(subset, eps),
+                      "clean_cost": _mean(subset.clean_cost, np.ones(int(mask.sum()), bool))})
     return table
 
 
