@@ -37,11 +37,22 @@ from csrs.costs import CostMatrix
 from csrs.data import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 from csrs.models import build_model
 
-__all__ = ["SOURCES", "PublishedFormatError", "import_published", "published_model"]
+__all__ = ["SOURCES", "PublishedFormatError", "PublishedModel", "import_published",
+           "published_model"]
 
 
 class PublishedFormatError(CheckpointError):
     """A file that is not in the format it was said to be in, or whose weights do not fit."""
+
+
+@dataclass
+class PublishedModel:
+    """A published model rebuilt in csrs: ``model`` maps [0, 1] inputs to the original logits."""
+
+    model: nn.Module
+    arch: str  # csrs's architecture name
+    dataset: str
+    source_arch: str  # the architecture's name in the source code
 
 
 @dataclass(frozen=True)
@@ -68,7 +79,6 @@ class _Source:
     """A published format: the keys that identify it, its architectures (source name -> csrs
     architecture and dataset) and whether its models normalise their inputs."""
 
-    label: str
     keys: tuple[str, ...]
     archs: dict[str, tuple[str, str]]
     normalized: bool
@@ -76,14 +86,12 @@ class _Source:
 
 SOURCES: dict[str, _Source] = {
     "cohen": _Source(
-        "Cohen et al. (locuslab/smoothing, SmoothAdv, Consistency, SmoothMix)",
         ("arch", "state_dict"),
         {"cifar_resnet20": ("cifar-resnet20", "cifar10"),
          "cifar_resnet110": ("cifar-resnet110", "cifar10"),
          "resnet50": ("resnet50", "imagenet")},
         normalized=True),
-    "macer": _Source("MACER (RuntianZ/macer)", ("net",),
-                     {"resnet110": ("cifar-resnet110", "cifar10")}, normalized=False),
+    "macer": _Source(("net",), {"resnet110": ("cifar-resnet110", "cifar10")}, normalized=False),
 }
 
 
@@ -168,14 +176,13 @@ def _load_exactly(net: nn.Module, state: dict[str, torch.Tensor], what: str) -> 
 
 
 def published_model(payload: Any, source: str, *, dataset: str | None = None,
-                    arch: str | None = None, path: Path | None = None) -> tuple[nn.Module, dict]:
-    """Returns (model, facts) for a loaded published checkpoint ``payload`` in format ``source``.
+                    arch: str | None = None, path: Path | None = None) -> PublishedModel:
+    """Returns the model of a loaded published checkpoint ``payload`` in format ``source``.
 
     The model is ``Sequential(Normalize(mean, std), net)`` in eval mode and maps [0, 1] inputs to
-    the logits of the original code's model. ``facts`` holds the csrs ``arch``, the ``dataset``
-    and the source's architecture name (``source_arch``). ``arch`` is the source's architecture
-    name where the file does not record it (MACER; default its only one, ``resnet110``);
-    ``dataset`` defaults to the one the architecture was built for.
+    the logits of the original code's model. ``arch`` is the source's architecture name where
+    the file does not record it (MACER; default its only one, ``resnet110``); ``dataset``
+    defaults to the one the architecture was built for. ``path`` only names the file in errors.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown format '{source}'; choose from: {', '.join(SOURCES)}")
@@ -203,7 +210,7 @@ def published_model(payload: Any, source: str, *, dataset: str | None = None,
                         std=facts.std if spec.normalized else None)
     _load_exactly(model[1], _net_state(payload, source),
                   f"csrs's {csrs_arch} ({source}'s {source_arch}, {facts.num_classes} classes)")
-    return model.eval(), {"arch": csrs_arch, "dataset": dataset, "source_arch": source_arch}
+    return PublishedModel(model.eval(), csrs_arch, dataset, source_arch)
 
 
 def import_published(src: str | Path, out: str | Path, *, source: str, sigma: float,
@@ -230,20 +237,20 @@ def import_published(src: str | Path, out: str | Path, *, source: str, sigma: fl
         raise PublishedFormatError(f"'{src}' cannot be read with torch.load(weights_only=True) "
                                    f"({reason[:160]}); csrs reads saved state_dicts, never "
                                    f"pickled code") from None
-    model, facts = published_model(payload, source, dataset=dataset, arch=arch, path=src)
-    data = _DATASETS[facts["dataset"]]
+    published = published_model(payload, source, dataset=dataset, arch=arch, path=src)
+    data = _DATASETS[published.dataset]
     cost_matrix = CostMatrix.parse(cost or data.default_cost, data.num_classes, data.class_names)
-    normalize = model[0]
+    normalize = published.model[0]
     epoch = payload.get("epoch")
     meta = {
-        "arch": facts["arch"], "num_classes": data.num_classes,
+        "arch": published.arch, "num_classes": data.num_classes,
         "class_names": data.class_names, "input_shape": list(data.input_shape),
         "mean": None if normalize.mean is None else normalize.mean.tolist(),
         "std": None if normalize.std is None else normalize.std.tolist(),
-        "dataset": facts["dataset"], "data_dir": None if data_dir is None else str(data_dir),
+        "dataset": published.dataset, "data_dir": None if data_dir is None else str(data_dir),
         "data_options": {}, "sigma": float(sigma), "cost_matrix": cost_matrix.to_list(),
         "cost_spec": cost_matrix.spec(), "method": None, "hparams": {},
         "epoch": epoch if isinstance(epoch, int) else None, "epochs": None, "seed": None,
-        "source": {"format": source, "file": str(src), "arch": facts["source_arch"]},
+        "source": {"format": source, "file": str(src), "arch": published.source_arch},
     }
-    return save_checkpoint(out, model, meta)
+    return save_checkpoint(out, published.model, meta)
