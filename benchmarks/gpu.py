@@ -161,8 +161,9 @@ def benchmark_certify(case: Case, config: str, device: torch.device,
     requests = [(row, row, ESTIMATION, case.samples) for row in range(case.examples)]
     total = case.examples * case.samples
     # The raw pass: the same model in the same configuration, on one preallocated noisy batch.
-    batch = (inputs[:1] + SIGMA * torch.randn(case.batch_size, *case.input_shape,
-                                              device=device))
+    noise = torch.randn(case.batch_size, *case.input_shape,
+                        generator=torch.Generator().manual_seed(2))
+    batch = inputs[:1] + SIGMA * noise.to(device)
     if options.get("channels_last"):
         batch = batch.contiguous(memory_format=torch.channels_last)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if options.get("amp")
