@@ -7,13 +7,12 @@ import pytest
 import torch
 
 from csrs.adaptive import certify_dataset_adaptive, decide
-from csrs.smoothing import ExampleTests, _count_pieces
 from csrs.certify import CertifySettings, certify_dataset
 from csrs.checkpoint import load_checkpoint
 from csrs.metrics import summarize, summarize_decisions
 from csrs.results import ResultsFileError, read_results
 from csrs.sequential import ABSTAIN, ADAPTIVE_COLUMNS
-from csrs.smoothing import ESTIMATION, SELECTION, SmoothedClassifier
+from csrs.smoothing import ESTIMATION, SELECTION, ExampleTests, SmoothedClassifier, _count_pieces
 
 SMALL = {"eps": 0.25, "alpha": 0.01, "n0": 20, "n_max": 2000, "progress": False}
 
