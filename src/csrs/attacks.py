@@ -106,9 +106,10 @@ def pgd_l2(model: nn.Module, x: Tensor, y: Tensor, target: Tensor | int | None, 
 
 
 def smoothed_log_probs(model: nn.Module, inputs: Tensor, num_noise: int) -> Tensor:
-    """Returns log of the soft smoothed classifier, (B, m): log of the mean over each example's
-    ``num_noise`` adjacent rows of ``inputs`` (B * num_noise rows, noise already added) of
-    softmax(model(row)), computed as a logsumexp so that it stays finite for tiny probabilities.
+    """Returns log of the soft smoothed classifier, (B, classes): log of the mean of
+    softmax(model(row)) over each example's ``num_noise`` adjacent rows of ``inputs``
+    (B * num_noise rows, noise already added), as a logsumexp that stays finite for tiny
+    probabilities.
     """
     log_probs = F.log_softmax(model(inputs).float(), dim=1)
     return torch.logsumexp(log_probs.view(-1, num_noise, log_probs.shape[1]), dim=1) \
@@ -119,11 +120,11 @@ def smoothed_pgd_l2(model: nn.Module, x: Tensor, noise: Tensor,
                     gain: Callable[[Tensor], Tensor], eps: float, *, steps: int,
                     step_size: float | None = None) -> Tensor:
     """Returns x + delta with ||delta||_2 <= eps that ascends ``gain`` on the soft smoothed
-    classifier: SmoothAdv's attack (Salman et al. 2019, Sec. 3: PGD on the smoothed soft
-    classifier G(x') = E_delta softmax(f(x' + delta)), estimated with m fixed noise draws).
+    classifier: SmoothAdv's attack (Salman et al. 2019: PGD on the smoothed soft classifier
+    G(x') = E_delta softmax(f(x' + delta)), estimated with m fixed noise draws).
 
     ``noise`` (B * m, ...) holds the m draws of each example on adjacent rows (row i * m + j);
-    the same draws serve every step, as in Salman et al.'s code. ``gain`` maps the (B, m_classes)
+    the same draws serve every step, as in Salman et al.'s code. ``gain`` maps the (B, classes)
     log-probabilities of the smoothed classifier at x + delta (:func:`smoothed_log_probs`) to one
     value per example to maximise; each example's step follows the gradient of its own gain.
     ``steps`` normalised-gradient steps of 2 * eps / steps (their step size) from delta = 0. The

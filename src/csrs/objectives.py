@@ -432,8 +432,8 @@ def smoothadv_cs(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigm
 
 
 def label_attack_gain(y: Tensor) -> Callable[[Tensor], Tensor]:
-    """Returns SmoothAdv's attack objective: log-probabilities (B, m) of the smoothed classifier
-    -> -log G_y, its NLL of the label, per example."""
+    """Returns SmoothAdv's attack objective: log-probabilities (B, classes) of the smoothed
+    classifier -> -log G_y, its NLL of the label, per example."""
     def gain(log_probs: Tensor) -> Tensor:
         return -log_probs.gather(1, y[:, None]).squeeze(1)
 
@@ -441,7 +441,7 @@ def label_attack_gain(y: Tensor) -> Callable[[Tensor], Tensor]:
 
 
 def cost_attack_gain(y: Tensor, cost_rows: Tensor) -> Callable[[Tensor], Tensor]:
-    """Returns SmoothAdv-CS's attack objective: log-probabilities (B, m) of the smoothed
+    """Returns SmoothAdv-CS's attack objective: log-probabilities (B, classes) of the smoothed
     classifier -> log sum_j C[y][j] G_j for sensitive examples, -log G_y for the others."""
     costs = cost_rows.to(torch.float32)
     sensitive = (costs > 0).any(1)
