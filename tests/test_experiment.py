@@ -54,6 +54,14 @@ def test_demo_config_is_valid_and_fair():
     ({"settings": [{"dataset": "digits"}]}, "give 'cost'"),
     ({"certify": {"n_samples": 3}}, "certify: unknown key 'n_samples'"),
     ({"train": {"optimizer": "adam"}}, "train: unknown key 'optimizer'"),
+    ({"methods": {"nope@v2": {}}}, "unknown method 'nope'"),
+    ({"methods": {"csrs@": {}}}, "variant 'csrs@' needs a name"),
+    ({"methods": {"csrs@v2": {"weight": 1.2}}}, "methods.csrs@v2: unknown key 'weight'"),
+    ({"methods": {"cohen-r@g": {"weighting": "groups"}}},
+     "methods.cohen-r@g: hyperparameter weighting must be one of example, group"),
+    ({"certify": {"adaptive_skip": 0}}, "certify: adaptive_skip must be an integer >= 1"),
+    ({"certify": {"adaptive_max_examples": 0}}, "adaptive_max_examples must be an integer"),
+    ({"certify": {"all_candidates": "yes"}}, "all_candidates must be true or false"),
 ])
 def test_config_errors_name_the_bad_key(patch, message):
     with pytest.raises(ValueError, match=message):
@@ -121,3 +129,76 @@ def test_experiment_hands_its_runs_to_torchrun(tmp_path):
     assert checkpoint.meta["epoch"] == 1 and checkpoint.meta["method"] == "cohen"
     rows = read_results(tmp_path / "ddp" / "results" / "digits_3to5" / "cohen-s0.tsv")
     assert len(rows) == launched[0]["examples"] == 20
+
+
+# The paper's protocol on a tiny config: variants, the sequential test on the whole test split
+# beside fixed n on a subset, and every candidate certified on the test split.
+PROTOCOL = {**TINY,
+            "settings": [{"dataset": "breast-cancer", "cost": "malignant->benign",
+                          "arch": "linear"}],
+            "train": {"epochs": 1, "lr": 0.05},
+            "methods": {"cohen": {}, "cohen-r": {"weight": [1.2, 2.0]},
+                        "cohen-r@group": {"weighting": "group"},
+                        "csrs@lam3": {"lam": 3.0, "num_noise": 2}},
+            "certify": {"n0": 10, "n": 60, "alpha": 0.01, "skip": 3, "max_examples": 20,
+                        "adaptive_n": 100, "all_candidates": True}}
+
+
+@pytest.fixture(scope="module")
+def protocol_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("protocol")
+    summary = run_experiment(parse_config(PROTOCOL), out, quiet=True)
+    return out, {row["method"]: row for row in summary}
+
+
+def test_variants_train_as_their_base_method_and_report_under_their_own_name(protocol_run):
+    from csrs.checkpoint import load_checkpoint
+
+    out, summary = protocol_run
+    assert list(summary) == ["cohen", "cohen-r", "cohen-r@group", "csrs@lam3"]
+    folder = out / "checkpoints" / "breast-cancer_malignanttobenign"
+    lam3 = load_checkpoint(folder / "csrs@lam3-lam-3_num_noise-2-s0.pt")
+    assert lam3.meta["method"] == "csrs" and lam3.meta["hparams"]["lam"] == 3.0
+    group = load_checkpoint(folder / "cohen-r@group-weighting-group-s0.pt")
+    assert group.meta["method"] == "cohen-r" and group.meta["hparams"]["weighting"] == "group"
+    assert summary["csrs@lam3"]["hparams"] == "lam=3, num_noise=2"
+    report = (out / "report.md").read_text()
+    assert "| cohen-r@group |" in report and "| csrs@lam3 |" in report
+
+
+def test_tables_decide_the_whole_test_split_while_radii_come_from_a_subset(protocol_run):
+    from csrs.data import load_dataset
+    from csrs.results import read_results
+
+    out, summary = protocol_run
+    test_size = len(load_dataset("breast-cancer").test)
+    for row in summary.values():
+        assert row["examples"] == 20  # every 3rd test example, at most 20: the curves
+        assert row["adaptive_examples"] == test_size  # the sequential test: all of them
+    decided = read_results(out / "results" / "breast-cancer_malignanttobenign" /
+                           "cohen-s0-adaptive.tsv")
+    assert sorted(int(row["idx"]) for row in decided) == list(range(test_size))
+    report = (out / "report.md").read_text()
+    assert "every 3rd test example, at most 20 (20 examples)" in report
+    assert f"on all {test_size} test examples" in report
+
+
+def test_all_candidates_certifies_every_candidate_on_the_test_split(protocol_run):
+    out, summary = protocol_run
+    with open(out / "candidates_test.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["method"], row["hparams"]) for row in rows] == [
+        ("cohen", ""), ("cohen-r", "weight=1.2"), ("cohen-r", "weight=2"),
+        ("cohen-r@group", "weighting=group"), ("csrs@lam3", "lam=3, num_noise=2")]
+    chosen = [row for row in rows if row["chosen"] == "True"]
+    assert [row["method"] for row in chosen] == list(summary)  # one chosen per method
+    for row in chosen:  # the chosen candidate's test numbers are the summary's
+        assert float(row["rob_cs"]) == pytest.approx(summary[row["method"]]["rob_cs"], abs=1e-4)
+        assert float(row["adaptive_acc"]) == pytest.approx(
+            summary[row["method"]]["adaptive_acc"], abs=1e-4)
+    assert all(int(row["examples"]) == 20 for row in rows)
+    for weight in ("1.2", "2"):
+        assert (out / "results" / "breast-cancer_malignanttobenign" /
+                f"cohen-r-weight-{weight}-s0.tsv").is_file()
+    assert "Every candidate on the test split" in (out / "report.md").read_text()
+    assert (out / "tradeoff_test.png").read_bytes().startswith(b"\x89PNG")

@@ -10,8 +10,17 @@ hyperparameters (a list is a tuning grid), seeds and the certification budget. A
    with the highest Rob_cs among those whose validation Acc is within ``max_acc_drop`` of
    Cohen's (the paper's goal: robustness without giving up accuracy), never looking at the test
    split;
-3. certifies the chosen model of every method on the test split;
+3. certifies the chosen model of every method on the test split: radii at fixed n on the
+   examples that ``certify.skip``/``max_examples`` pick (the curves), and with
+   ``certify.adaptive_n`` the sequential test at eps on those of ``adaptive_skip``/
+   ``adaptive_max_examples`` (by default the whole test split, as the paper's tables count);
+   with ``certify.all_candidates``, every candidate of a grid goes through both as well
+   (``candidates_test.csv``; the choice remains the validation split's);
 4. writes ``summary.csv``, ``report.md`` and the plots.
+
+A method may appear several times as variants, ``[methods."csrs@lam3"]``: each is trained as
+its base method (the part before "@") with its own hyperparameters and reported under its own
+name.
 
 Re-running the same command after a crash continues: finished checkpoints and result rows are
 kept. Cost-blind methods (cohen, macer) are trained once per data set and seed, and certified
@@ -23,6 +32,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import shlex
 import subprocess
 import sys
@@ -36,21 +46,32 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["ExperimentConfig", "Setting", "demo_config", "load_config", "parse_config",
-           "run_experiment"]
+__all__ = ["ExperimentConfig", "Setting", "base_method", "demo_config", "load_config",
+           "parse_config", "run_experiment"]
 
 # Methods that never see the cost matrix: trained once per data set, certified per cost.
 COST_BLIND = ("cohen", "macer", "smoothadv")
 KNOWN_METHODS = ("cohen", "cohen-r", "macer", "csrs", "margin-cs", "smoothadv", "smoothadv-cs")
+# A method variant, "csrs@lam3": the base method (trained as such) under a name of its own, so
+# that one config can hold several fixed settings of a method as separate rows.
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 METRICS = ("acc", "rob_cs", "rob_cs_std", "rob_non_std", "clean_cost", "cert_cost",
            "cert_cost_sensitive", "recall", "precision")
+# What the sequential test decides at eps (no radii, so no Rob_cs^(std)).
+ADAPTIVE_METRICS = ("acc", "rob_cs", "rob_non_std", "mean_samples")
 SUMMARY_COLUMNS = ("dataset", "cost", "method", *METRICS, "acc_sd", "rob_cs_sd",
                    "cert_cost_sd", "seeds", "hparams", "examples", "sensitive",
                    "adaptive_acc", "adaptive_rob_cs", "adaptive_rob_non_std",
-                   "adaptive_mean_samples")
+                   "adaptive_mean_samples", "adaptive_examples")
 # Validation certification draws its own noise: with the test's seed, the validation examples
 # (train-split indices) would reuse the noise blocks of the test examples with the same index.
 VALIDATION_NOISE_SEED = 1
+
+
+def base_method(name: str) -> str:
+    """Returns the method that trains ``name``: "csrs" for the variant "csrs@lam3" and for
+    "csrs" itself."""
+    return name.partition("@")[0]
 
 
 @dataclass(frozen=True)
@@ -94,8 +115,12 @@ class ExperimentConfig:
 
 _TRAIN_KEYS = {"epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones",
                "lr_decay", "warmup_epochs"}
+# skip/max_examples choose the test examples of fixed-n certification (radii, curves);
+# adaptive_skip/adaptive_max_examples those of the sequential test (the paper's tables: the whole
+# test split); all_candidates: certify every candidate of a grid on the test split as well.
 _CERTIFY_DEFAULTS = {"n0": 100, "n": 100_000, "alpha": 0.001, "bounds": "sound", "batch": 1000,
-                     "max_examples": None, "skip": 1, "adaptive_n": 0}
+                     "max_examples": None, "skip": 1, "adaptive_n": 0, "adaptive_skip": 1,
+                     "adaptive_max_examples": None, "all_candidates": False}
 _TUNING_DEFAULTS = {"val_fraction": 0.2, "n0": 100, "n": 1000, "max_acc_drop": 0.03,
                     "max_examples": None}
 _TOP_KEYS = {"name", "description", "sigma", "eps", "seeds", "data_seed", "device", "amp",
@@ -116,7 +141,7 @@ def _unknown(given: Mapping[str, Any], known: set[str], where: str) -> None:
 def parse_config(data: Mapping[str, Any], *, name: str = "experiment") -> ExperimentConfig:
     """Validate a config mapping (as read from TOML) and return an ExperimentConfig."""
     from csrs.data import DATASETS
-    from csrs.objectives import METHOD_DEFAULTS
+    from csrs.objectives import METHOD_DEFAULTS, resolve_hparams
 
     _unknown(data, _TOP_KEYS, "config")
     settings = []
@@ -137,19 +162,38 @@ def parse_config(data: Mapping[str, Any], *, name: str = "experiment") -> Experi
         raise ValueError("config: no [[settings]] (data set and cost) given")
     methods: dict[str, dict[str, list[Any]]] = {}
     for method, hparams in (data.get("methods") or {}).items():
-        if method not in KNOWN_METHODS:
-            raise ValueError(f"methods: unknown method '{method}'; choose from: "
-                             f"{', '.join(KNOWN_METHODS)}")
+        base, _, variant = method.partition("@")
+        if base not in KNOWN_METHODS:
+            raise ValueError(f"methods: unknown method '{base}'; choose from: "
+                             f"{', '.join(KNOWN_METHODS)} (a variant: 'csrs@NAME')")
+        if "@" in method and not VARIANT_NAME.fullmatch(variant):
+            raise ValueError(f"methods: variant '{method}' needs a name after '@' of letters, "
+                             f"digits, '.', '_' or '-' (e.g. '{base}@v2')")
         hparams = dict(hparams or {})
-        _unknown(hparams, set(METHOD_DEFAULTS[method]), f"methods.{method}")
+        _unknown(hparams, set(METHOD_DEFAULTS[base]), f"methods.{method}")
         methods[method] = {key: value if isinstance(value, list) else [value]
                            for key, value in hparams.items()}
+        for candidate in _candidates(methods[method]):
+            try:
+                resolve_hparams(base, candidate)
+            except ValueError as error:
+                raise ValueError(f"methods.{method}: {error}") from None
     if not methods:
         raise ValueError("config: no [methods] given")
     train = dict(data.get("train") or {})
     _unknown(train, _TRAIN_KEYS, "train")
     certify = {**_CERTIFY_DEFAULTS, **(data.get("certify") or {})}
     _unknown(certify, set(_CERTIFY_DEFAULTS), "certify")
+    for key in ("skip", "adaptive_skip", "max_examples", "adaptive_max_examples"):
+        value = certify[key]
+        if (value is not None or "skip" in key) and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"certify: {key} must be an integer >= 1"
+                             + ("" if "skip" in key else " (leave it out for every example)")
+                             + f"; got {value!r}")
+    if not isinstance(certify["all_candidates"], bool):
+        raise ValueError(f"certify: all_candidates must be true or false; got "
+                         f"{certify['all_candidates']!r}")
     tuning = {**_TUNING_DEFAULTS, **(data.get("tuning") or {})}
     _unknown(tuning, set(_TUNING_DEFAULTS), "tuning")
     zhang_evans = {}
@@ -276,15 +320,20 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
                                                 indent=2) + "\n")
     tuning, certify_opts = config.tuning, config.certify
     # Cohen first: its validation accuracy is the reference for choosing the others' candidates.
-    methods = sorted(config.methods, key=KNOWN_METHODS.index)
+    # Variants after their base method, in the config's order.
+    methods = sorted(config.methods,
+                     key=lambda m: (KNOWN_METHODS.index(base_method(m)), "@" in m))
     plan = [(s, seed, m) for s in config.settings for seed in config.seeds for m in methods]
     convex = config.zhang_evans
     convex_stages = len(convex.get("eps", [])) * len(convex.get("costs", []))
-    progress = _Progress(sum(len(_candidates(config.methods[m])) + 1 for _, _, m in plan)
+    all_candidates = certify_opts["all_candidates"]
+    sizes = [len(_candidates(config.methods[m])) for _, _, m in plan]
+    progress = _Progress(sum(size + (size if all_candidates else 1) for size in sizes)
                          + convex_stages, quiet)
     splits_cache: dict[tuple, Any] = {}
     results: list[dict[str, Any]] = []
     candidates_log: list[dict[str, Any]] = []
+    candidates_test: list[dict[str, Any]] = []
 
     def certify_into(checkpoint_path: Path, dataset: Any, cost: CostMatrix, path: Path,
                      n0: int, n: int, max_examples: int | None, skip: int = 1,
@@ -323,7 +372,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
                       else None)
         runs = []
         for hparams in _candidates(config.methods[method]):
-            blind = method in COST_BLIND
+            blind = base_method(method) in COST_BLIND
             train_cost = splits.default_cost if blind else setting.cost
             stem = f"{method}{'-' + _tag(hparams) if hparams else ''}-s{seed}"
             folder = setting.dataset if blind else setting.key
@@ -336,7 +385,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
             if not done:
                 _train_measured(_launched_train(config.launcher) if config.launcher else train,
                                 TrainConfig(
-                    dataset=setting.dataset, method=method, sigma=config.sigma,
+                    dataset=setting.dataset, method=base_method(method), sigma=config.sigma,
                     out=run.checkpoint, cost=train_cost, arch=setting.arch,
                     data_dir=setting.data_dir, seed=seed, device=config.device, amp=config.amp,
                     resume=True, hparams=hparams, val_fraction=tuning["val_fraction"],
@@ -361,33 +410,48 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
                               and c["dataset"] == setting.dataset
                               and c["cost"] == setting.cost), None)
             chosen = runs[_choose(scores, reference, tuning["max_acc_drop"])]
-        stem = chosen.checkpoint.stem
-        test_path = out / "results" / setting.key / f"{stem}.tsv"
-        progress.stage(f"certify {method} {_tag(chosen.hparams, sep=', ', eq='=') or 'defaults'} "
-                       f"on the test "
-                       f"split of {setting.dataset} for cost '{setting.cost}'")
-        rows = certify_into(chosen.checkpoint, splits.test, cost, test_path,
-                            certify_opts["n0"], certify_opts["n"], certify_opts["max_examples"],
-                            certify_opts["skip"], split="test")
-        result = {"setting": setting, "seed": seed, "method": method,
-                  "hparams": _tag(chosen.hparams, sep=", ", eq="="), "path": test_path,
-                  "checkpoint": chosen.checkpoint, "summary": summarize(rows, config.eps)}
-        del rows
-        if certify_opts["adaptive_n"]:
-            # The sequential test at eps with up to adaptive_n samples: the paper's n = 100,000
-            # for the price of a few thousand samples per example.
-            checkpoint = load_checkpoint(chosen.checkpoint)
-            smoothed = SmoothedClassifier(checkpoint.build_model(config.device),
-                                          cost.num_classes, config.sigma, device=config.device,
-                                          amp=config.amp)
-            decided = certify_dataset_adaptive(
-                smoothed, splits.test, cost, eps=config.eps, alpha=certify_opts["alpha"],
-                n0=certify_opts["n0"], n_max=certify_opts["adaptive_n"],
-                batch_size=certify_opts["batch"],
-                indices=select_indices(len(splits.test), skip=certify_opts["skip"],
-                                       max_examples=certify_opts["max_examples"]),
-                out=test_path.with_name(test_path.stem + "-adaptive.tsv"), progress=not quiet)
-            result["adaptive"] = summarize_decisions(decided)
+        # The chosen candidate; with all_candidates every one (the paper's Table 5 and Figure 1c
+        # print the test split's numbers of every point of a sweep). The choice stays the
+        # validation split's.
+        for run in runs if all_candidates else [chosen]:
+            test_path = out / "results" / setting.key / f"{run.checkpoint.stem}.tsv"
+            progress.stage(f"certify {method} {_tag(run.hparams, sep=', ', eq='=') or 'defaults'}"
+                           f" on the test split of {setting.dataset} for cost '{setting.cost}'")
+            rows = certify_into(run.checkpoint, splits.test, cost, test_path,
+                                certify_opts["n0"], certify_opts["n"],
+                                certify_opts["max_examples"], certify_opts["skip"], split="test")
+            scores = summarize(rows, config.eps)
+            del rows
+            adaptive = None
+            if certify_opts["adaptive_n"]:
+                # The sequential test at eps with up to adaptive_n samples: the paper's
+                # n = 100,000 for the price of a few thousand samples per example, so
+                # affordable on the whole test split, which the paper's tables count.
+                checkpoint = load_checkpoint(run.checkpoint)
+                smoothed = SmoothedClassifier(checkpoint.build_model(config.device),
+                                              cost.num_classes, config.sigma,
+                                              device=config.device, amp=config.amp)
+                adaptive = summarize_decisions(certify_dataset_adaptive(
+                    smoothed, splits.test, cost, eps=config.eps, alpha=certify_opts["alpha"],
+                    n0=certify_opts["n0"], n_max=certify_opts["adaptive_n"],
+                    batch_size=certify_opts["batch"],
+                    indices=select_indices(len(splits.test), skip=certify_opts["adaptive_skip"],
+                                           max_examples=certify_opts["adaptive_max_examples"]),
+                    out=test_path.with_name(test_path.stem + "-adaptive.tsv"),
+                    progress=not quiet))
+            if all_candidates:
+                candidates_test.append({
+                    "dataset": setting.dataset, "cost": setting.cost, "method": method,
+                    "seed": seed, "hparams": _tag(run.hparams, sep=", ", eq="="),
+                    "chosen": run is chosen, **scores,
+                    **{f"adaptive_{key}": value for key, value in (adaptive or {}).items()
+                       if key in (*ADAPTIVE_METRICS, "examples")}})
+            if run is chosen:
+                result = {"setting": setting, "seed": seed, "method": method,
+                          "hparams": _tag(run.hparams, sep=", ", eq="="), "path": test_path,
+                          "checkpoint": run.checkpoint, "summary": scores}
+                if adaptive is not None:
+                    result["adaptive"] = adaptive
         results.append(result)
     convex_rows = []
     if config.zhang_evans:
@@ -400,7 +464,8 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
     write_experiment_report(out, title=config.name, description=config.description,
                             sigma=config.sigma, eps=config.eps, summary=summary, tests=tests,
                             candidates=candidates_log, columns=SUMMARY_COLUMNS,
-                            convex=convex_rows)
+                            convex=convex_rows, certify=certify_opts,
+                            candidates_test=candidates_test)
     if log is not None:
         log(f"wrote {out / 'summary.csv'} and {out / 'report.md'}")
     return summary
@@ -587,8 +652,9 @@ def _aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if metric in ("acc", "rob_cs", "cert_cost"):
                 row[f"{metric}_sd"] = float(np.std(values)) if len(values) > 1 else 0.0
         if all("adaptive" in g for g in group):
-            for metric in ("acc", "rob_cs", "rob_non_std", "mean_samples"):
+            for metric in ADAPTIVE_METRICS:
                 row[f"adaptive_{metric}"] = float(np.mean([g["adaptive"][metric]
                                                            for g in group]))
+            row["adaptive_examples"] = group[0]["adaptive"]["examples"]
         rows.append(row)
     return rows

@@ -270,14 +270,127 @@ def _verdict(summary: Sequence[Mapping[str, Any]]) -> list[str]:
     return bullets
 
 
+def _which_examples(count: int, skip: int, max_examples: int | None) -> str:
+    """"all 10000 test examples", "every 20th test example (500 examples)"."""
+    if skip == 1:
+        return f"{'all' if max_examples is None else 'the first'} {count} test examples"
+    ordinal = "th" if 10 <= skip % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(skip % 10, "th")
+    limit = "" if max_examples is None else f", at most {max_examples}"
+    return f"every {skip}{ordinal} test example{limit} ({count} examples)"
+
+
+def fixed_n_note(row: Mapping[str, Any], certify: Mapping[str, Any]) -> str:
+    """Returns the sentence that says where a setting's main table and curves come from: the
+    radii at fixed n on the examples that ``certify.skip``/``max_examples`` chose."""
+    which = _which_examples(int(row["examples"]), int(certify.get("skip", 1)),
+                            certify.get("max_examples"))
+    return (f"Fixed n: radii from n = {certify['n']} noise samples per example (n0 = "
+            f"{certify['n0']}, alpha = {certify['alpha']}) on {which}, {row['sensitive']} of them "
+            f"sensitive; this table, Rob_cs^(std) and the curves come from these")
+
+
+def adaptive_note(row: Mapping[str, Any], certify: Mapping[str, Any], eps: float) -> str:
+    """Returns the sentence that introduces a setting's sequential-test table: the decisions at
+    eps on the examples of ``certify.adaptive_skip``/``adaptive_max_examples``."""
+    which = _which_examples(int(row["adaptive_examples"]), int(certify.get("adaptive_skip", 1)),
+                            certify.get("adaptive_max_examples"))
+    return (f"Sequential test (`csrs certify --adaptive`): each example decided at eps = {eps} "
+            f"with the same alpha and up to n = {certify['adaptive_n']} samples, stopping as soon "
+            f"as the answer is known, on {which}. The paper's tables count the whole test split "
+            f"at n = 100,000: compare these numbers with them (Rob_cs^(std) needs radii and is "
+            f"in the table above only):")
+
+
+CANDIDATE_TEST_COLUMNS = ("dataset", "cost", "method", "seed", "hparams", "chosen", "examples",
+                          "sensitive", "acc", "rob_cs", "rob_cs_std", "rob_non_std",
+                          "adaptive_examples", "adaptive_acc", "adaptive_rob_cs",
+                          "adaptive_rob_non_std", "adaptive_mean_samples")
+
+
+def candidates_test_section(candidates: Sequence[Mapping[str, Any]],
+                            out: Path) -> list[str]:
+    """Writes ``candidates_test.csv`` and the trade-off plot of every candidate on the test
+    split (the paper's Table 5 and Figure 1c; from the sequential test where it ran, as the
+    paper's tables); returns the report's lines about them."""
+    write_csv(out / "candidates_test.csv", candidates, CANDIDATE_TEST_COLUMNS)
+    sequential = all("adaptive_rob_cs" in item for item in candidates)
+    lines = ["## Every candidate on the test split (as the paper's Table 5 and Figure 1c)", "",
+             "`certify.all_candidates`: each trained candidate certified on the test split as the "
+             "chosen ones are (fixed n; " + ("and the sequential test, columns 'seq.'; " if
+                                             sequential else "") +
+             "the examples as above). The choice (chosen) was made on the validation split "
+             "before; these numbers show the sweep, they did not pick the rows above.", ""]
+    columns = ["method", "seed", "hparams", "acc", "rob_cs", "rob_cs_std", "rob_non_std"]
+    best = ["acc", "rob_cs"]
+    if sequential:
+        columns += ["adaptive_acc", "adaptive_rob_cs"]
+        best += ["adaptive_acc", "adaptive_rob_cs"]
+    for (dataset, cost), items in _setting_groups(candidates).items():
+        shown = [{**item, "method": METHOD_LABELS.get(item["method"], item["method"]),
+                  "chosen": "yes" if item["chosen"] else ""} for item in items]
+        lines += [f"### {dataset}, cost '{cost}'", "",
+                  markdown_table(shown, [*columns, "chosen"],
+                                 headers={"adaptive_acc": "Acc (seq.)",
+                                          "adaptive_rob_cs": "Rob_cs (seq.)"},
+                                 bold_best=best), ""]
+    points = ([{**item, "acc": item["adaptive_acc"], "rob_cs": item["adaptive_rob_cs"]}
+               for item in candidates] if sequential else candidates)
+    figure = plot_candidates(points, out / "tradeoff_test.png",
+                             split="test, sequential test" if sequential else "test")
+    if figure is not None:
+        lines += [f"![trade-off on the test split]({figure.name})", ""]
+    return lines
+
+
+def plot_candidates(candidates: Sequence[Mapping[str, Any]], path: Path, *,
+                    split: str) -> Path | None:
+    """Figure 1c: Acc against Rob_cs of every candidate (one point per hyperparameter set and
+    seed) on ``split``, per setting, Cohen's Acc dashed; None without candidates to show."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _setting_groups([c for c in candidates if c["method"] != "cohen"])
+    if not groups:
+        return None
+    figure, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 4.0),
+                                squeeze=False)
+    markers = {"cohen-r": "s", "csrs": "o", "macer": "^"}
+    for axis, ((dataset, cost), items) in zip(axes[0], groups.items(), strict=True):
+        for method in sorted({c["method"] for c in items}):
+            points = [c for c in items if c["method"] == method]
+            axis.scatter([c["rob_cs"] for c in points], [c["acc"] for c in points],
+                         marker=markers.get(method.partition("@")[0], "x"),
+                         label=METHOD_LABELS.get(method, method))
+        for reference in (c for c in candidates if c["method"] == "cohen"
+                          and (c["dataset"], c["cost"]) == (dataset, cost)):
+            axis.axhline(reference["acc"], color="gray", lw=0.8, ls="--")
+        axis.set_title(f"{dataset}, cost '{cost}'", fontsize=9)
+        axis.set_xlabel(f"Rob_cs ({split})")
+        axis.set_ylabel(f"Acc ({split})")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(f"Acc vs Rob_cs of each candidate on the {split} split "
+                    f"(dashed: Cohen's Acc)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def write_experiment_report(out: Path, *, title: str, description: str, sigma: float,
                             eps: float, summary: Sequence[Mapping[str, Any]],
                             tests: Sequence[Mapping[str, Any]],
                             candidates: Sequence[Mapping[str, Any]],
                             columns: Sequence[str],
-                            convex: Sequence[Mapping[str, Any]] = ()) -> Path:
+                            convex: Sequence[Mapping[str, Any]] = (),
+                            certify: Mapping[str, Any] | None = None,
+                            candidates_test: Sequence[Mapping[str, Any]] = ()) -> Path:
     """Write summary.csv, candidates.csv, the plots and report.md (tables as the paper's
-    Tables 1-3 with the best value of each column in bold); return the report's path."""
+    Tables 1-3 with the best value of each column in bold); return the report's path.
+    With the experiment's ``certify`` options the report says which examples and samples each
+    table comes from; ``candidates_test`` adds candidates_test.csv and its section."""
     out = Path(out)
     write_csv(out / "summary.csv", summary, columns)
     if candidates:
@@ -301,13 +414,15 @@ def write_experiment_report(out: Path, *, title: str, description: str, sigma: f
                  for row in rows]
         seeds = max(int(row.get("seeds", 1)) for row in rows)
         lines += [f"## {dataset}, cost '{cost}'", "",
-                  f"{rows[0]['examples']} test examples, {rows[0]['sensitive']} sensitive"
+                  (fixed_n_note(rows[0], certify) if certify else
+                   f"{rows[0]['examples']} test examples, {rows[0]['sensitive']} sensitive")
                   + (f"; mean over {seeds} seeds" if seeds > 1 else "") + ".", "",
                   markdown_table(shown, table_columns, headers={"hparams": "chosen"},
                                  bold_best=[m for m in metrics
                                             if m not in ("recall", "precision")]), ""]
         if all("adaptive_rob_cs" in row for row in rows):
-            lines += ["Decided at eps by the sequential test (`csrs certify --adaptive`): the "
+            lines += [adaptive_note(rows[0], certify, eps) if certify else
+                      "Decided at eps by the sequential test (`csrs certify --adaptive`): the "
                       "same alpha, up to `certify.adaptive_n` samples per example (the demo: "
                       "the paper's n = 100,000), stopping as soon as the answer is known:", "",
                       markdown_table(shown, ["method", "adaptive_acc", "adaptive_rob_cs",
@@ -357,6 +472,8 @@ def write_experiment_report(out: Path, *, title: str, description: str, sigma: f
                   "The bar: CS-RS gives clearly higher Rob_cs than the cost-blind methods "
                   "(Cohen, MACER), at least matches Cohen-R, and keeps Acc within about 3 points "
                   "of Cohen.", "", *verdict, ""]
+    if candidates_test:
+        lines += candidates_test_section(candidates_test, out)
     tradeoff = plot_tradeoff(candidates, out / "tradeoff.png")
     if tradeoff is not None:
         lines += ["## Acc vs Rob_cs trade-off (validation split)", "",

@@ -48,6 +48,7 @@ from csrs.convex import check_convex_supported
 from csrs.costs import CostMatrix
 from csrs.models import ARCHITECTURES, build_model
 from csrs.objectives import OBJECTIVES, ROBUSTNESS_WEIGHTS, LossParts, resolve_hparams
+from csrs.rng import keyed_generator, reseed
 
 __all__ = ["METHOD_TRAINING", "OPTIMIZERS", "TrainConfig", "TrainResult", "default_milestones",
            "epoch_hparams", "train", "training_defaults"]
@@ -377,8 +378,10 @@ def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
     lr_factor = _lr_factor(_milestones(config, hparams), config.lr_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     shuffle_generator = torch.Generator().manual_seed(config.seed)
+    # Each process its own noise: the key holds the rank in its high bits, so it is seeded
+    # through csrs.rng (torch's CPU manual_seed would drop them and give every rank one stream).
     noise_seed = config.seed + 1 + (context.rank << 32)
-    noise_generator = torch.Generator(device=device).manual_seed(noise_seed)
+    noise_generator = keyed_generator(noise_seed, device)
     # The shuffle generator must draw the same order on every process, so with several each
     # augments its own examples from its own generator.
     augment_generator = shuffle_generator if not context.distributed else noise_generator
@@ -405,7 +408,7 @@ def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
         if state["device_type"] == device.type and len(noise_states) == context.world_size:
             noise_generator.set_state(noise_states[context.rank])
         else:  # generator states carry neither across device types nor to another world size
-            noise_generator.manual_seed(noise_seed + start)
+            reseed(noise_generator, noise_seed + start)
         # A run extended with a larger --epochs follows the new schedule from here on.
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lr_factor(start)
