@@ -336,7 +336,7 @@ def candidates_test_section(candidates: Sequence[Mapping[str, Any]],
     points = ([{**item, "acc": item["adaptive_acc"], "rob_cs": item["adaptive_rob_cs"]}
                for item in candidates] if sequential else candidates)
     figure = plot_candidates(points, out / "tradeoff_test.png",
-                             split="test, sequential test" if sequential else "test")
+                             split="test split, sequential test" if sequential else "test split")
     if figure is not None:
         lines += [f"![trade-off on the test split]({figure.name})", ""]
     return lines
@@ -345,7 +345,8 @@ def candidates_test_section(candidates: Sequence[Mapping[str, Any]],
 def plot_candidates(candidates: Sequence[Mapping[str, Any]], path: Path, *,
                     split: str) -> Path | None:
     """Figure 1c: Acc against Rob_cs of every candidate (one point per hyperparameter set and
-    seed) on ``split``, per setting, Cohen's Acc dashed; None without candidates to show."""
+    seed) on ``split`` ("test split"), per setting, Cohen's Acc dashed; None without candidates
+    to show."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -371,8 +372,7 @@ def plot_candidates(candidates: Sequence[Mapping[str, Any]], path: Path, *,
         axis.set_ylabel(f"Acc ({split})")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    figure.suptitle(f"Acc vs Rob_cs of each candidate on the {split} split "
-                    f"(dashed: Cohen's Acc)", fontsize=10)
+    figure.suptitle(f"Each candidate on the {split}\n(dashed: Cohen's Acc)", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
