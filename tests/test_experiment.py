@@ -30,18 +30,29 @@ def test_demo_writes_summary_report_and_plots(quick_demo, capsys):
     assert list(rows[0])[:7] == ["dataset", "cost", "method", "acc", "rob_cs", "rob_cs_std",
                                  "rob_non_std"]
     settings = {(row["dataset"], row["cost"]) for row in rows}
-    assert settings == {("digits", "3"), ("digits", "3->5,8"),
-                        ("breast-cancer", "malignant->benign")}
-    assert {row["method"] for row in rows} == {"cohen", "cohen-r", "macer", "csrs"}
+    assert settings == {("digits", "3"), ("digits", "3->5:10,8:4"),
+                        ("breast-cancer", "malignant->benign"),
+                        ("breast-cancer", "malignant->benign:10;benign->malignant:1")}
+    assert {row["method"] for row in rows} == {"cohen", "cohen-r", "macer", "csrs", "margin-cs",
+                                               "smoothadv", "smoothadv-cs"}
+    for row in rows:  # every row has its clean and certified cost at the demo's eps
+        assert float(row["clean_cost"]) >= 0 and float(row["cert_cost"]) >= 0
+    recall = [row["recall"] for row in rows if row["dataset"] == "breast-cancer"]
+    assert recall and all(0 <= float(value) <= 1 for value in recall)
     report = (quick_demo / "report.md").read_text()
-    assert "| CS-RS |" in report and "Table 4" in report and "claim hold" in report
-    for name in ("curves_digits_3.png", "r1_vs_r2_digits_3to5_8.png", "tradeoff.png"):
+    assert "| CS-RS |" in report and "| Margin-CS |" in report and "Table 4" in report
+    assert "claim hold" in report and "2025 claim hold" in report and "Cost_cert" in report
+    for name in ("curves_digits_3.png", "r1_vs_r2_digits_3.png", "cost_digits_3to5x10_8x4.png",
+                 "tradeoff.png"):
         assert (quick_demo / name).read_bytes().startswith(b"\x89PNG")
 
 
 def test_demo_config_is_valid_and_fair():
     config = demo_config()
-    assert set(config.methods) == {"cohen", "cohen-r", "macer", "csrs"}
+    assert set(config.methods) == {"cohen", "cohen-r", "macer", "csrs", "margin-cs",
+                                   "smoothadv", "smoothadv-cs"}
+    assert {(s.dataset, s.cost) for s in config.settings} >= {
+        ("breast-cancer", "malignant->benign:10;benign->malignant:1")}
     assert config.sigma == config.eps == 0.5
     assert config.certify["alpha"] == 0.001 and config.certify["bounds"] == "sound"
 

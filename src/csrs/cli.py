@@ -445,7 +445,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # -- experiments ------------------------------------------------------------------------------
 def _print_summary(summary: list[dict]) -> None:
-    from csrs.report import METHOD_LABELS, markdown_table
+    from csrs.report import METHOD_LABELS, markdown_table, metric_columns
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in summary:
@@ -454,8 +454,9 @@ def _print_summary(summary: list[dict]) -> None:
         shown = [{**row, "method": METHOD_LABELS.get(row["method"], row["method"])}
                  for row in rows]
         print(f"\n{dataset}, cost '{cost}'")
-        print(markdown_table(shown, ["method", "acc", "rob_cs", "rob_cs_std", "rob_non_std"],
-                             bold_best=["acc", "rob_cs", "rob_cs_std", "rob_non_std"]))
+        metrics = metric_columns(rows)
+        print(markdown_table(shown, ["method", *metrics],
+                             bold_best=[m for m in metrics if m not in ("recall", "precision")]))
 
 
 def _add_experiment(commands: argparse._SubParsersAction) -> None:

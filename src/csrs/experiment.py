@@ -126,8 +126,9 @@ _TUNING_DEFAULTS = {"val_fraction": 0.2, "n0": 100, "n": 1000, "max_acc_drop": 0
 _TOP_KEYS = {"name", "description", "sigma", "eps", "seeds", "data_seed", "device", "amp",
              "threads", "settings", "methods", "train", "certify", "tuning", "zhang_evans",
              "launcher"}
+# lr and batch_size None: the method's own defaults (Wong & Kolter's Adam, lr 1e-3, batch 50).
 _ZHANG_EVANS_DEFAULTS = {"costs": [], "eps": [0.25], "kappa": 1.0, "eps_warmup": 5,
-                         "arch": "convex-mlp", "epochs": 20, "lr": 0.05}
+                         "arch": "convex-mlp", "epochs": 20, "lr": None, "batch_size": None}
 _SETTING_KEYS = {"dataset", "cost", "costs", "arch", "data_dir", "image_size"}
 
 
@@ -252,8 +253,9 @@ def demo_config(*, quick: bool = False) -> ExperimentConfig:
         data["tuning"] = {**data["tuning"], "n0": 10, "n": 50, "max_examples": 24}
         data["methods"]["cohen-r"] = {"weight": [1.2, 2.0]}
         data["methods"]["csrs"] = {"gamma2": [8.0, 16.0]}
-        data["methods"]["macer"] = {"num_noise": 2}
-        data["methods"]["csrs"]["num_noise"] = 2
+        for method in ("macer", "csrs", "margin-cs"):
+            data["methods"][method]["num_noise"] = 2
+        data["methods"]["margin-cs"]["lam2"] = 0.3
         data["zhang_evans"] = {**data["zhang_evans"], "epochs": 1, "eps": [0.25]}
     return parse_config(data, name="demo")
 
@@ -589,7 +591,7 @@ def _zhang_evans_comparison(config: ExperimentConfig, out: Path, results: list[d
                     dataset=setting.dataset, method="zhang-evans", sigma=config.sigma,
                     epochs=options["epochs"], out=checkpoint, cost=setting.cost,
                     arch=options["arch"], data_dir=setting.data_dir, lr=options["lr"],
-                    batch_size=config.train.get("batch_size", 64), device=config.device,
+                    batch_size=options["batch_size"], device=config.device,
                     resume=True, val_fraction=config.tuning["val_fraction"],
                     data_options=data_options, data_seed=config.data_seed,
                     hparams={"eps": eps, "kappa": options["kappa"],
