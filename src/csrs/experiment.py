@@ -290,6 +290,9 @@ class _Progress:
 
     def stage(self, text: str) -> None:
         self.done += 1
+        self.note(text)
+
+    def note(self, text: str) -> None:
         if not self.quiet:
             elapsed = time.perf_counter() - self.start
             tqdm.write(f"[{self.done}/{self.total} {elapsed:5.0f}s] {text}", file=sys.stderr)
@@ -310,7 +313,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
     from csrs.report import write_experiment_report
     from csrs.results import read_results
     from csrs.smoothing import SmoothedClassifier
-    from csrs.training import TrainConfig, train
+    from csrs.training import TrainConfig, TrainingDiverged, train
 
     if config.threads is not None:
         # Tiny models gain nothing from intra-op threads, and OpenMP threads that wait on a
@@ -335,6 +338,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
     splits_cache: dict[tuple, Any] = {}
     results: list[dict[str, Any]] = []
     candidates_log: list[dict[str, Any]] = []
+    diverged: list[dict[str, Any]] = []  # grid candidates whose training diverged
     candidates_test: list[dict[str, Any]] = []
 
     def certify_into(checkpoint_path: Path, dataset: Any, cost: CostMatrix, path: Path,
@@ -385,15 +389,30 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
                            f"{setting.dataset} cost '{train_cost}' seed {seed}"
                            + (" [done]" if done else ""))
             if not done:
-                _train_measured(_launched_train(config.launcher) if config.launcher else train,
-                                TrainConfig(
-                    dataset=setting.dataset, method=base_method(method), sigma=config.sigma,
-                    out=run.checkpoint, cost=train_cost, arch=setting.arch,
-                    data_dir=setting.data_dir, seed=seed, device=config.device, amp=config.amp,
-                    resume=True, hparams=hparams, val_fraction=tuning["val_fraction"],
-                    data_options=options, data_seed=config.data_seed, **config.train),
-                    splits=splits, quiet=quiet)
+                try:
+                    _train_measured(
+                        _launched_train(config.launcher) if config.launcher else train,
+                        TrainConfig(
+                            dataset=setting.dataset, method=base_method(method),
+                            sigma=config.sigma, out=run.checkpoint, cost=train_cost,
+                            arch=setting.arch, data_dir=setting.data_dir, seed=seed,
+                            device=config.device, amp=config.amp, resume=True, hparams=hparams,
+                            val_fraction=tuning["val_fraction"], data_options=options,
+                            data_seed=config.data_seed, **config.train),
+                        splits=splits, quiet=quiet)
+                except TrainingDiverged as error:
+                    # A candidate of a grid that diverges is dropped (and said so), not the run.
+                    if len(_candidates(config.methods[method])) == 1:
+                        raise
+                    progress.note(f"dropped candidate: {error}")
+                    diverged.append({"dataset": setting.dataset, "cost": setting.cost,
+                                     "method": method, "seed": seed,
+                                     "hparams": _tag(hparams, sep=", ", eq="=")})
+                    continue
             runs.append(run)
+        if not runs:
+            raise TrainingDiverged(f"every candidate of {method} diverged on {setting.dataset} "
+                                   f"cost '{setting.cost}' seed {seed}")
         chosen = runs[0]
         if validation is not None and (len(runs) > 1 or (method == "cohen"
                                                           and len(config.methods) > 1)):
@@ -467,7 +486,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = F
                             sigma=config.sigma, eps=config.eps, summary=summary, tests=tests,
                             candidates=candidates_log, columns=SUMMARY_COLUMNS,
                             convex=convex_rows, certify=certify_opts,
-                            candidates_test=candidates_test)
+                            candidates_test=candidates_test, diverged=diverged)
     if log is not None:
         log(f"wrote {out / 'summary.csv'} and {out / 'report.md'}")
     return summary

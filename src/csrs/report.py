@@ -414,7 +414,8 @@ def write_experiment_report(out: Path, *, title: str, description: str, sigma: f
                             columns: Sequence[str],
                             convex: Sequence[Mapping[str, Any]] = (),
                             certify: Mapping[str, Any] | None = None,
-                            candidates_test: Sequence[Mapping[str, Any]] = ()) -> Path:
+                            candidates_test: Sequence[Mapping[str, Any]] = (),
+                            diverged: Sequence[Mapping[str, Any]] = ()) -> Path:
     """Write summary.csv, candidates.csv, the plots and report.md (tables as the paper's
     Tables 1-3 with the best value of each column in bold); return the report's path.
     With the experiment's ``certify`` options the report says which examples and samples each
@@ -500,6 +501,13 @@ def write_experiment_report(out: Path, *, title: str, description: str, sigma: f
                                                 "seconds_per_epoch", "peak_rss_mb"],
                                          headers={"seconds_per_epoch": "s/epoch",
                                                   "peak_rss_mb": "peak RSS (MB)"}), ""]
+    if diverged:
+        write_csv(out / "diverged.csv", diverged, ["dataset", "cost", "method", "seed", "hparams"])
+        lines += ["## Dropped candidates", "",
+                  "Their training diverged (NaN or infinite loss or weights), so they were left "
+                  "out of the tuning:", "",
+                  *(f"- {d['method']} ({d['hparams']}) on {d['dataset']}, cost '{d['cost']}', "
+                    f"seed {d['seed']}" for d in diverged), ""]
     verdict = _verdict(summary)
     if verdict:
         lines += ["## Does the paper's claim hold here?", "",

@@ -29,6 +29,7 @@ number of processes.
 
 from __future__ import annotations
 
+import math
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
@@ -50,8 +51,8 @@ from csrs.models import ARCHITECTURES, build_model
 from csrs.objectives import OBJECTIVES, ROBUSTNESS_WEIGHTS, LossParts, resolve_hparams
 from csrs.rng import keyed_generator, reseed
 
-__all__ = ["METHOD_TRAINING", "OPTIMIZERS", "TrainConfig", "TrainResult", "default_milestones",
-           "epoch_hparams", "train", "training_defaults"]
+__all__ = ["METHOD_TRAINING", "OPTIMIZERS", "TrainConfig", "TrainResult", "TrainingDiverged",
+           "default_milestones", "epoch_hparams", "train", "training_defaults"]
 
 # The optimisers, with their defaults where neither the method nor the config sets them.
 OPTIMIZERS: dict[str, dict[str, float]] = {
@@ -321,6 +322,24 @@ def _run_epoch(model: nn.Module, batches: Any, objective: Callable[..., LossPart
     return metrics
 
 
+class TrainingDiverged(ValueError):
+    """The loss or the weights turned NaN or infinite; the last finite checkpoint stays."""
+
+
+def _check_finite(model: nn.Module, metrics: dict[str, float], config: TrainConfig,
+                  epoch: int, out: Path) -> None:
+    """Raise TrainingDiverged before a NaN model is written over the last good checkpoint (a
+    model with NaN weights would only fail later, at certification)."""
+    finite = all(bool(torch.isfinite(parameter).all()) for parameter in model.parameters())
+    if finite and math.isfinite(metrics["loss"]):
+        return
+    kept = f"'{out}' keeps epoch {epoch}" if epoch else f"nothing was written to '{out}'"
+    raise TrainingDiverged(f"{config.method} diverged in epoch {epoch + 1} (loss "
+                           f"{metrics['loss']:.4g}, weights {'finite' if finite else 'not finite'}"
+                           f"); {kept}. Lower --lr or the robustness weights, or use "
+                           f"--warmup-epochs")
+
+
 def _show(batches: Any, averages: Tensor) -> None:
     """Puts the running averages on the progress bar, if there is one to show."""
     if isinstance(batches, tqdm) and not batches.disable:
@@ -425,6 +444,7 @@ def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
                              augment_generator, config.amp)
         metrics |= {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                     "seconds": time.perf_counter() - began}
+        _check_finite(plain, metrics, config, epoch, out)
         scheduler.step()
         history.append(metrics)
         noise_states = distributed.all_gather_object(noise_generator.get_state())
