@@ -211,35 +211,7 @@ def plot_r1_vs_r2(tests: Sequence[Mapping[str, Any]], path: Path, *, title: str,
 
 def plot_tradeoff(candidates: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     """Figure 1c: validation Acc against Rob_cs of every tuned candidate, per setting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = _setting_groups([c for c in candidates if c["method"] != "cohen"])
-    if not groups:
-        return None
-    figure, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 4.0),
-                                squeeze=False)
-    markers = {"cohen-r": "s", "csrs": "o", "macer": "^"}
-    for axis, ((dataset, cost), items) in zip(axes[0], groups.items(), strict=True):
-        for method in sorted({c["method"] for c in items}):
-            points = [c for c in items if c["method"] == method]
-            axis.scatter([c["rob_cs"] for c in points], [c["acc"] for c in points],
-                         marker=markers.get(method, "x"), label=METHOD_LABELS.get(method, method))
-        for reference in (c for c in candidates if c["method"] == "cohen"
-                          and (c["dataset"], c["cost"]) == (dataset, cost)):
-            axis.axhline(reference["acc"], color="gray", lw=0.8, ls="--")
-        axis.set_title(f"{dataset}, cost '{cost}'", fontsize=9)
-        axis.set_xlabel("Rob_cs (validation)")
-        axis.set_ylabel("Acc (validation)")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.suptitle("Acc vs Rob_cs of each tuned candidate (dashed: Cohen's Acc)", fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return plot_candidates(candidates, path, split="validation split")
 
 
 def _verdict_2025(summary: Sequence[Mapping[str, Any]], *,
