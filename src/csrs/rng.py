@@ -24,7 +24,7 @@ _MT_WORDS = 624
 # CPU state: uint64 initial seed, int32 left, int32 seeded, uint64 next, uint64 state[624] (one
 # 32-bit word each), then cached normal samples (left invalid).
 _STATE_OFFSET = 24
-_template: np.ndarray | None = None
+_template: torch.Tensor | None = None
 # Distinct odd multiples per state pair, so that each (key, counter) input differs.
 _COUNTER = np.arange(_MT_WORDS // 2, dtype=np.uint64) * np.uint64(0xD1B54A32D192ED03)
 _C1, _C2, _C3 = (np.uint64(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9,
@@ -56,13 +56,14 @@ def _mt_words(key: int) -> np.ndarray:
 def _cpu_state(key: int) -> torch.Tensor:
     global _template
     if _template is None:
-        _template = torch.Generator().manual_seed(0).get_state().numpy().copy()
-    state = _template.copy()
-    state[:8].view("<u8")[0] = key
-    state[8:16].view("<i4")[:] = (1, 1)  # left = 1: the first draw twists the new state
-    state[16:24].view("<u8")[0] = 0
-    state[_STATE_OFFSET:_STATE_OFFSET + 8 * _MT_WORDS].view("<u8")[:] = _mt_words(key)
-    return torch.from_numpy(state)
+        _template = torch.Generator().manual_seed(0).get_state()
+    state = _template.clone()
+    view = state.numpy()  # shares the tensor's memory
+    view[:8].view("<u8")[0] = key
+    view[8:16].view("<i4")[:] = (1, 1)  # left = 1: the first draw twists the new state
+    view[16:24].view("<u8")[0] = 0
+    view[_STATE_OFFSET:_STATE_OFFSET + 8 * _MT_WORDS].view("<u8")[:] = _mt_words(key)
+    return state
 
 
 def reseed(generator: torch.Generator, key: int) -> torch.Generator:

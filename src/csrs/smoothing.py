@@ -135,7 +135,9 @@ class SmoothedClassifier:
         argmax happens to pick.
         """
         logits = self._logits(batch, example)
-        return logits.argmax(dim=1), torch.isfinite(logits).all(dim=1)
+        # One NaN or inf logit makes the row's sum non-finite: one check per row, not per logit
+        # (finite logits whose sum overflows, beyond ~1e37, are refused too; they are broken).
+        return logits.argmax(dim=1), torch.isfinite(logits.sum(dim=1))
 
     @torch.inference_mode()
     def sample_counts_many(self, inputs: torch.Tensor, requests: Sequence[tuple[int, int, int]],
