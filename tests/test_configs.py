@@ -116,7 +116,7 @@ def test_ham10000_config_loads_its_image_size_into_its_model(tmp_path):
     (600 x 450) JPEGs, and the config's network classifies it."""
     config = load_config(EXPERIMENTS / "table3_ham10000.toml")
     setting = config.settings[0]
-    assert (setting.image_size, setting.arch) == (299, "resnet18")
+    assert (setting.image_size, setting.arch) == (299, "ham-resnet56")
     rows = [(f"HAM_{k:04d}", f"ISIC_{k:04d}", dx) for k, dx in enumerate(["mel", "nv"] * 3)]
     for _, image, _ in rows:
         Image.new("RGB", (600, 450), (200, 120, 90)).save(tmp_path / f"{image}.jpg")

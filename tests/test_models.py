@@ -17,6 +17,7 @@ TYPICAL_SHAPES = {
     "cifar-resnet110": (3, 32, 32),
     "resnet18": (3, 64, 64),
     "resnet50": (3, 64, 64),
+    "ham-resnet56": (3, 64, 64),
     "convex-mlp": (1, 8, 8),
     "convex-cnn": (3, 16, 16),
 }

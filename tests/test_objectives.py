@@ -287,6 +287,9 @@ def test_cohen_r_group_weighting_is_the_normal_mean_plus_weight_times_the_sensit
     sensitive = y == 1
     torch.testing.assert_close(loss(weighting="group"), per_example[~sensitive].mean()
                                + 1.5 * per_example[sensitive].mean())
+    # The authors' code: batch mean + beta x sensitive mean, beta = alpha_w - 1.
+    torch.testing.assert_close(loss(weighting="batch"), per_example.mean()
+                               + 0.5 * per_example[sensitive].mean())
     torch.testing.assert_close(loss(weighting="example"),
                                torch.where(sensitive, 1.5, 1.0).mul(per_example).mean())
     # A cost of 3 counts as three binary costs: weight 1 + (1.5 - 1) * 3.
@@ -298,7 +301,7 @@ def test_cohen_r_group_weighting_is_the_normal_mean_plus_weight_times_the_sensit
 @pytest.mark.parametrize("method, key, value, allowed", [
     ("margin-cs", "window", "both", "nonnegative, signed"),
     ("margin-cs", "ce", "soft", "per-draw, smoothed"),
-    ("cohen-r", "weighting", 1.0, "example, group"),
+    ("cohen-r", "weighting", 1.0, "example, group, batch"),
 ])
 def test_choice_hyperparameters_name_the_bad_value_and_the_allowed_ones(method, key, value,
                                                                          allowed):

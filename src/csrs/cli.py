@@ -306,9 +306,10 @@ def _report_decisions(results: dict[str, list[dict]], out: Path) -> int:
 _METHOD_FLAGS = [
     ("--weight", "weight", float, "alpha_w, weight of sensitive examples (cohen-r; default 1.2)"),
     ("--weighting", "weighting", str, "how cohen-r weights: 'example' (each sensitive example's "
-                                      "loss x alpha_w; default) or 'group' (mean loss of the "
-                                      "normal examples + alpha_w x that of the sensitive ones, "
-                                      "as the paper's authors ran it)"),
+                                      "loss x alpha_w; default), 'group' (mean loss of the "
+                                      "normal examples + alpha_w x that of the sensitive ones) "
+                                      "or 'batch' (the authors' code: batch mean + (alpha_w - 1) "
+                                      "x the sensitive mean)"),
     ("--num-noise", "num_noise", int, "k, noise draws per example (macer, csrs, margin-cs; "
                                       "default 16); m_train (smoothadv, smoothadv-cs; default 4)"),
     ("--beta", "beta", float, "beta, inverse temperature of the soft smoothed classifier "

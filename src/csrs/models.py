@@ -280,6 +280,16 @@ def resnet50(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
                                 channels, imagenet_stem=True))
 
 
+def ham_resnet56(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """Returns the HAM10000 network of the paper's authors' code: the ImageNet stem (7x7 stride-2
+    conv, 3x3 max-pool) in front of a ResNet-56's three stages of nine basic blocks, widened to
+    64, 128, 256 channels, for their 299 px images; adaptive average pooling and a linear layer.
+    """
+    channels, _, _ = _image_shape(input_shape, min_side=32)
+    return _init_weights(ResNet(_BasicBlock, (64, 128, 256), (9, 9, 9), num_classes, channels,
+                                imagenet_stem=True))
+
+
 # ---------------------------------------------------------------------------------------------
 # Registry and the public constructor
 
@@ -315,6 +325,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "cifar-resnet110": partial(cifar_resnet, depth=110),
     "resnet18": resnet18,
     "resnet50": resnet50,
+    "ham-resnet56": ham_resnet56,
     # Linear/Conv/ReLU only, for Zhang & Evans's convex bounds (method zhang-evans).
     "convex-mlp": mlp,  # already Flatten/Linear/ReLU only
     "convex-cnn": convex_cnn,

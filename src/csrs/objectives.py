@@ -278,15 +278,20 @@ def cohen_r(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigma: fl
     ``weighting="group"``: mean_{D_n} CE + mean_{D_s} w_i CE_i over the batch's normal and
     sensitive examples, as the paper's authors ran it; when sensitive examples are rare this gives
     them far more than alpha_w times their share (a group without examples contributes 0).
+    ``weighting="batch"``: mean_B CE + mean_{D_s} (w_i - 1) CE_i, the loss of the authors'
+    published code (the mean over the whole batch plus beta = alpha_w - 1 times the mean over its
+    sensitive examples; their default beta 0.1 is alpha_w = 1.1, the paper's Table 3 row).
     With real costs, w_i = 1 + (alpha_w - 1) * max_j C[y_i][j] (our reading: costs in units of the
     binary cost, so w_i = alpha_w for every sensitive example of a 0/1 matrix).
     """
     logits = _noisy_logits(model, x, sigma, 1, generator)
     losses = F.cross_entropy(logits, y, reduction="none")
     weights = 1 + (weight - 1) * cost_rows.to(losses.dtype).amax(1)
+    sensitive = (cost_rows > 0).any(1)
     if weighting == "group":
-        sensitive = (cost_rows > 0).any(1)
         loss = _group_mean(losses, ~sensitive) + _group_mean(weights * losses, sensitive)
+    elif weighting == "batch":
+        loss = losses.mean() + _group_mean((weights - 1) * losses, sensitive)
     else:
         loss = (weights * losses).mean()
     return LossParts(loss, loss.detach(), _zero(x), _zero(x), _noisy_accuracy(logits, y, 1))
@@ -518,7 +523,7 @@ _RANGES: dict[str, tuple[float, bool]] = {
 }
 # The values of each choice-valued hyperparameter.
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "weighting": ("example", "group"), "ce": ("per-draw", "smoothed"),
+    "weighting": ("example", "group", "batch"), "ce": ("per-draw", "smoothed"),
     "window": ("nonnegative", "signed"),
 }
 
