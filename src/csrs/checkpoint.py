@@ -106,20 +106,26 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any],
     return path
 
 
+def read_weights_only(path: Path, error: type[Exception], problem: str) -> Any:
+    """Return ``torch.load(path, weights_only=True)`` on the CPU; any failure to read the file
+    raises ``error`` with one line: "'path' <problem> (<torch's first line>)"."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as failure:  # noqa: BLE001 - any failure to parse means "not readable"
+        # torch.load raises many kinds of errors on foreign bytes (UnpicklingError, RuntimeError,
+        # IndexError from the weights-only unpickler, ...): all mean the same thing to a user.
+        text = str(failure).strip()
+        reason = text.splitlines()[0] if text else type(failure).__name__
+        raise error(f"'{path}' {problem} ({reason[:160]})") from None
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load a checkpoint with ``weights_only=True``; raise CheckpointError with one line on any
     missing, corrupt, foreign or incomplete file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any failure to parse means "not a checkpoint"
-        # torch.load raises many kinds of errors on foreign bytes (UnpicklingError, RuntimeError,
-        # IndexError from the weights-only unpickler, ...): all mean the same thing to a user.
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"'{path}' is not a readable csrs checkpoint ({reason[:160]})") \
-            from None
+    payload = read_weights_only(path, CheckpointError, "is not a readable csrs checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"'{path}' is not a csrs checkpoint (expected format "
                               f"'{CHECKPOINT_FORMAT}'); train one with `csrs train`, or convert a "

@@ -32,7 +32,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from csrs.checkpoint import CHECKPOINT_FORMAT, CheckpointError, save_checkpoint
+from csrs.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    read_weights_only,
+    save_checkpoint,
+)
 from csrs.costs import CostMatrix
 from csrs.data import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 from csrs.models import build_model
@@ -230,13 +235,9 @@ def import_published(src: str | Path, out: str | Path, *, source: str, sigma: fl
     src = Path(src)
     if not src.is_file():
         raise PublishedFormatError(f"published checkpoint '{src}' does not exist")
-    try:
-        payload = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - every failure to parse means "not loadable"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise PublishedFormatError(f"'{src}' cannot be read with torch.load(weights_only=True) "
-                                   f"({reason[:160]}); csrs reads saved state_dicts, never "
-                                   f"pickled code") from None
+    payload = read_weights_only(src, PublishedFormatError,
+                                "cannot be read with torch.load(weights_only=True); csrs reads "
+                                "saved state_dicts, never pickled code")
     published = published_model(payload, source, dataset=dataset, arch=arch, path=src)
     data = _DATASETS[published.dataset]
     cost_matrix = CostMatrix.parse(cost or data.default_cost, data.num_classes, data.class_names)
