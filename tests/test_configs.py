@@ -89,6 +89,8 @@ def test_table3_has_both_cohen_r_weights_of_the_paper():
     methods = load_config(EXPERIMENTS / "table3_ham10000.toml").methods
     assert methods["cohen-r"]["weight"] == [1.2]  # Cohen-R-II
     assert methods["cohen-r@1.1"]["weight"] == [1.1]  # Cohen-R-I
+    # ... and Cohen-R as the authors' code computes it (batch mean + 0.1 x sensitive mean).
+    assert methods["cohen-r@code"] == {"weight": [1.1], "weighting": ["batch"]}
 
 
 def test_table4_certifies_both_methods_at_both_radii():
