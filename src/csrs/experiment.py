@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+
+from csrs.progress import write
 
 __all__ = ["ExperimentConfig", "Setting", "base_method", "demo_config", "load_config",
            "parse_config", "run_experiment"]
@@ -295,7 +296,7 @@ class _Progress:
     def note(self, text: str) -> None:
         if not self.quiet:
             elapsed = time.perf_counter() - self.start
-            tqdm.write(f"[{self.done}/{self.total} {elapsed:5.0f}s] {text}", file=sys.stderr)
+            write(f"[{self.done}/{self.total} {elapsed:5.0f}s] {text}")
 
 
 def run_experiment(config: ExperimentConfig, out: str | Path, *, quiet: bool = False,

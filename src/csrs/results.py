@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
+from csrs.progress import progress as progress_bar
 
 __all__ = ["COLUMNS", "ResultsFileError", "ResultsStream", "prepare_results", "read_results",
            "release"]
@@ -200,8 +200,9 @@ class ResultsStream:
         self._columns = columns
         self._path = path
         self._handle = open(path, "a", encoding="utf-8") if path is not None else None  # noqa: SIM115
-        self._bar = tqdm(total=len(self.indices), initial=len(self.indices) - len(self.todo),
-                         unit="ex", desc=desc, disable=not progress, dynamic_ncols=True)
+        self._bar = progress_bar(total=len(self.indices),
+                                 initial=len(self.indices) - len(self.todo), unit="ex", desc=desc,
+                                 disable=not progress)
 
     def add(self, rows: Sequence[Mapping[str, Any]]) -> None:
         if self._handle is not None:

@@ -41,7 +41,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from csrs import distributed
 from csrs.checkpoint import load_checkpoint, save_checkpoint
@@ -49,6 +48,7 @@ from csrs.convex import check_convex_supported
 from csrs.costs import CostMatrix
 from csrs.models import ARCHITECTURES, build_model
 from csrs.objectives import OBJECTIVES, ROBUSTNESS_WEIGHTS, LossParts, resolve_hparams
+from csrs.progress import progress as progress_bar
 from csrs.rng import keyed_generator, reseed
 
 __all__ = ["METHOD_TRAINING", "OPTIMIZERS", "TrainConfig", "TrainResult", "TrainingDiverged",
@@ -342,7 +342,7 @@ def _check_finite(model: nn.Module, metrics: dict[str, float], config: TrainConf
 
 def _show(batches: Any, averages: Tensor) -> None:
     """Puts the running averages on the progress bar, if there is one to show."""
-    if isinstance(batches, tqdm) and not batches.disable:
+    if hasattr(batches, "set_postfix") and not batches.disable:
         batches.set_postfix({key: f"{value:.3f}" for key, value
                              in zip(_METRICS, averages.tolist(), strict=True)})
 
@@ -434,10 +434,11 @@ def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
 
     for epoch in range(start, config.epochs):
         began = time.perf_counter()
-        batches = tqdm(_epoch_loader(train_set, config.batch_size, shuffle_generator,
-                                     rank=context.rank, world_size=context.world_size),
-                       desc=f"epoch {epoch + 1}/{config.epochs}",
-                       disable=not (progress and context.is_main))
+        # In a log (stderr not a terminal): one line per epoch, with its averages.
+        batches = progress_bar(_epoch_loader(train_set, config.batch_size, shuffle_generator,
+                                             rank=context.rank, world_size=context.world_size),
+                               desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                               disable=not (progress and context.is_main), fraction=None)
         step = partial(objective, sigma=config.sigma, generator=noise_generator,
                        **epoch_hparams(hparams, epoch, config.warmup_epochs))
         metrics = _run_epoch(model, batches, step, optimizer, cost_table, splits.augment,
