@@ -10,7 +10,7 @@ $(BIN)/csrs: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,convex]"
 	touch $(BIN)/csrs
 
 install: $(BIN)/csrs

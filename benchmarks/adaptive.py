@@ -1,39 +1,119 @@
-"""Adaptive (sequential) vs fixed-n certification, side by side, on the same noise.
+"""A grid of radii from one sequential test per example, against fixed n = 100,000.
 
-    python -m benchmarks.adaptive [CHECKPOINT ...] [--eps 0.5] [--quick]
+    python -m benchmarks.adaptive [--quick] [--examples K] [--out DIR] [CHECKPOINT ...]
 
-For each checkpoint (default: a linear digits model trained here in a few seconds), certify the
-test split with fixed n (Algorithm 1, sound bounds, n = 100,000) and decide it adaptively with
-each sequential construction at the same alpha; print Acc, Rob_cs, Rob_non^(std), the samples
-per example and the wall time as a markdown table. ``--quick`` cuts the budget for a smoke run.
+Two parts, both at alpha = 0.001, n_max = n = 100,000, for the grid eps = 0.25, 0.5, 0.75, 1.0:
+
+1. **Simulated classifiers** whose smoothed probabilities are known: K examples with true radii
+   R* spread uniformly over (0, 1.4] at sigma = 0.5, as a standard certificate of 10 classes
+   (p_A = Phi(R*/sigma)) and as a pairwise cost-sensitive one (Omega = {1, 2}, p_A = 0.9, the
+   costly class at Phi(PhiInv(0.9) - 2 R*/sigma); below R* = 0.64, p_A = Phi(R*/sigma) and
+   p_B = 1 - p_A). Beyond about R* = 1.27, R2 at n = 100,000 is capped by the upper bound on
+   a costly class never seen (for fixed n as for the grid test). Fixed n draws the 100,000 votes at once and
+   certifies as csrs does (Cohen's CERTIFY; Algorithm 1 with the sound bounds); the grid test
+   draws votes look by look and stops when every eps is decided. Per eps: the certified
+   fraction of both, the gap; and the samples per example.
+2. **Digits models** (default: a linear model trained here in seconds; or the checkpoints
+   given): ``csrs.certify.certify_dataset`` on the test split with fixed n and with the grid
+   test (standard and cost-sensitive tests, as ``csrs certify --adaptive --eps ...``); per eps
+   Acc, Rob_cs, Rob_cs^(std), Rob_non^(std) of both, the samples and the seconds per example.
+
+Writes ``adaptive.csv`` (one row per part, model, mode and eps) to ``--out`` and prints the
+tables. ``--quick`` uses fewer examples for a smoke run.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import csv
+import platform
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from scipy.special import ndtr, ndtri
 
-from csrs.adaptive import certify_dataset_adaptive
-from csrs.certify import CertifySettings, certify_dataset, select_indices
+from csrs.certify import CertifySettings, SequentialSettings, certify_dataset, select_indices
 from csrs.checkpoint import load_checkpoint, save_checkpoint
 from csrs.costs import CostMatrix
 from csrs.data import load_dataset
-from csrs.metrics import summarize, summarize_decisions
+from csrs.metrics import DecisionArrays, summarize
 from csrs.models import build_model
-from csrs.sequential import METHODS
+from csrs.results import load_results
+from csrs.sequential import SequentialTest
 from csrs.smoothing import SmoothedClassifier
+from csrs.stats import certify_counts, cohen_certify_counts
+
+GRID = (0.25, 0.5, 0.75, 1.0)
+ALPHA, N, N0, SIGMA = 0.001, 100_000, 100, 0.5
+COLUMNS = ("part", "model", "mode", "eps", "certified", "acc", "rob_cs", "rob_cs_std",
+           "rob_non_std", "mean_samples", "saving", "seconds_per_example", "examples")
 
 
-def train_quick_digits(path: Path, *, steps: int = 300, sigma: float = 0.5,
-                       cost: str = "3") -> Path:
-    """Train a linear digits model under Gaussian noise with Adam (as tests/conftest.py does)
-    and save it as a checkpoint; return its path."""
+# -- 1. simulated classifiers -----------------------------------------------------------------
+def _probabilities(kind: str, radius: float) -> tuple[np.ndarray, list[int] | None]:
+    """Smoothed probabilities of 10 classes whose true radius is ``radius``."""
+    p = np.zeros(10)
+    if kind == "standard":
+        p[0] = ndtr(radius / SIGMA)
+        p[1:] = (1 - p[0]) / 9
+        return p, None
+    # p_A = 0.9 and the costly class of Omega = {1, 2} at Phi(PhiInv(p_A) - 2 R*/sigma), the
+    # rest spread over 8 non-costly classes; small radii need p_B = 1 - p_A (then c = R*/sigma).
+    center = min(float(ndtri(0.9)), radius / SIGMA)
+    p[0] = ndtr(center)
+    p[1] = ndtr(center - 2 * radius / SIGMA)
+    p[3:] = max(0.0, 1 - p[0] - p[1]) / 7
+    p[2] = max(0.0, 1 - p[0] - p[1] - p[3:].sum())
+    return p / p.sum(), [1, 2]
+
+
+def simulate(kind: str, examples: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Fixed n and the grid test on ``examples`` simulated inputs; rows for the table."""
+    rng = np.random.default_rng(seed)
+    radii = rng.uniform(0, 1.4, examples)
+    fixed = np.zeros((examples, len(GRID)), dtype=bool)
+    grid = np.zeros_like(fixed)
+    samples, seconds = [], 0.0
+    for i, radius in enumerate(radii):
+        p, costly = _probabilities(kind, max(radius, 1e-9))
+        selection = rng.multinomial(N0, p)
+        counts = rng.multinomial(N, p)
+        if costly is None:
+            bound = cohen_certify_counts(selection, counts, sigma=SIGMA, alpha=ALPHA).radius
+        else:
+            bound = certify_counts(selection, counts, sigma=SIGMA, alpha=ALPHA,
+                                   costly=costly).radius
+        fixed[i] = [bound > eps for eps in GRID]
+        started = time.process_time()
+        test = SequentialTest(selection, eps=GRID, sigma=SIGMA, alpha=ALPHA, costly=costly,
+                              n_max=N)
+        drawn = np.zeros(10, dtype=np.int64)
+        while test.decision is None:
+            drawn += rng.multinomial(test.next_look - int(drawn.sum()), p)
+            test.update(drawn)
+        seconds += time.process_time() - started
+        grid[i] = test.decision.certified
+        samples.append(test.decision.samples)
+    rows = []
+    for mode, table, mean, per in (("fixed n", fixed, N0 + N, float("nan")),
+                                   ("grid test", grid, float(np.mean(samples)),
+                                    seconds / examples)):
+        for j, eps in enumerate(GRID):
+            rows.append({"part": "simulated", "model": kind, "mode": mode, "eps": eps,
+                         "certified": float(table[:, j].mean()), "mean_samples": mean,
+                         "saving": (N0 + N) / mean, "seconds_per_example": per,
+                         "examples": examples})
+    return rows
+
+
+# -- 2. digits models -------------------------------------------------------------------------
+def train_quick_digits(path: Path, *, steps: int = 300, cost: str = "3") -> Path:
+    """Train a linear digits model under Gaussian noise with Adam and save it as a checkpoint."""
     digits = load_dataset("digits", seed=0)
     torch.manual_seed(0)
     model = build_model("linear", num_classes=10, input_shape=digits.input_shape)
@@ -41,112 +121,122 @@ def train_quick_digits(path: Path, *, steps: int = 300, sigma: float = 0.5,
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     for _ in range(steps):
         optimizer.zero_grad()
-        noisy = inputs + sigma * torch.randn_like(inputs)
+        noisy = inputs + SIGMA * torch.randn_like(inputs)
         torch.nn.functional.cross_entropy(model(noisy), labels).backward()
         optimizer.step()
     matrix = CostMatrix.parse(cost, 10)
     meta = {"arch": "linear", "num_classes": 10, "class_names": digits.class_names,
             "input_shape": list(digits.input_shape), "mean": None, "std": None,
-            "dataset": "digits", "data_dir": None, "data_options": {}, "sigma": sigma,
+            "dataset": "digits", "data_dir": None, "data_options": {}, "sigma": SIGMA,
             "cost_matrix": matrix.to_list(), "cost_spec": matrix.spec(), "method": "cohen",
             "hparams": {"steps": steps}, "epoch": 1, "epochs": 1, "seed": 0}
     return save_checkpoint(path, model, meta)
 
 
-def benchmark(checkpoint_path: Path, args: argparse.Namespace) -> list[dict[str, object]]:
-    """Return one table row per mode (fixed n, then each sequential method)."""
+def digits_rows(checkpoint_path: Path, examples: int | None, batch: int) -> list[dict[str, Any]]:
+    """Fixed n and the grid test on the test split of a digits checkpoint."""
     checkpoint = load_checkpoint(checkpoint_path)
-    meta = checkpoint.meta
-    cost = (CostMatrix.parse(args.cost, checkpoint.num_classes, checkpoint.class_names)
-            if args.cost else checkpoint.cost_matrix())
-    splits = load_dataset(meta["dataset"], args.data_dir or meta.get("data_dir"),
-                          seed=int(meta.get("data_seed", meta.get("seed", 0))),
-                          **dict(meta.get("data_options") or {}))
-    dataset = splits.test
-    indices = select_indices(len(dataset), skip=args.skip, max_examples=args.max)
-
-    def smoothed() -> SmoothedClassifier:
-        return SmoothedClassifier(checkpoint.build_model(args.device), checkpoint.num_classes,
-                                  checkpoint.sigma, device=args.device, seed=args.seed)
-
-    name = checkpoint_path.stem
-    settings = CertifySettings(n0=args.n0, n=args.n, alpha=args.alpha, sigma=checkpoint.sigma,
-                               seed=args.seed, cost=cost.spec())
-    start = time.perf_counter()
-    fixed_rows = certify_dataset(smoothed(), dataset, cost, settings=settings, indices=indices,
-                                 batch_size=args.batch, progress=args.progress)
-    fixed_seconds = time.perf_counter() - start
-    fixed = summarize(fixed_rows, args.eps)
-    table = [{"model": name, "mode": f"fixed n={args.n}", "acc": fixed["acc"],
-              "rob_cs": fixed["rob_cs"], "rob_non_std": fixed["rob_non_std"],
-              "mean": args.n0 + args.n, "median": args.n0 + args.n, "seconds": fixed_seconds,
-              "examples": len(indices)}]
-    for method in args.methods:
-        start = time.perf_counter()
-        rows = certify_dataset_adaptive(smoothed(), dataset, cost, eps=args.eps,
-                                        alpha=args.alpha, n0=args.n0, n_max=args.n,
-                                        batch_size=args.batch, indices=indices,
-                                        progress=args.progress, method=method)
-        seconds = time.perf_counter() - start
-        summary = summarize_decisions(rows)
-        table.append({"model": name, "mode": f"adaptive {method}", "acc": summary["acc"],
-                      "rob_cs": summary["rob_cs"], "rob_non_std": summary["rob_non_std"],
-                      "mean": summary["mean_samples"],
-                      "median": statistics.median(int(r["samples"]) for r in rows),
-                      "seconds": seconds, "examples": len(indices)})
-    for row in table:
-        row["sample_ratio"] = (args.n0 + args.n) / row["mean"]
-        row["speedup"] = fixed_seconds / row["seconds"]
-    return table
+    cost = checkpoint.cost_matrix()
+    splits = load_dataset(checkpoint.meta["dataset"], seed=int(checkpoint.meta.get("data_seed",
+                                                                                   0)))
+    indices = select_indices(len(splits.test), max_examples=examples)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for mode, settings in (("fixed n", CertifySettings(n0=N0, n=N, alpha=ALPHA)),
+                               ("grid test", SequentialSettings(eps=GRID, alpha=ALPHA, n0=N0,
+                                                                n_max=N))):
+            smoothed = SmoothedClassifier(checkpoint.build_model(), checkpoint.num_classes,
+                                          checkpoint.sigma)
+            out = Path(folder) / f"{mode.replace(' ', '-')}.tsv"
+            started = time.perf_counter()
+            result = certify_dataset(smoothed, splits.test, cost, settings=settings,
+                                     indices=indices, batch_size=batch, out=out,
+                                     progress=False)
+            per = (time.perf_counter() - started) / len(indices)
+            arrays = (DecisionArrays.from_sequential(result, GRID, load_results(out).settings)
+                      if mode == "grid test" else result)
+            for eps in GRID:
+                summary = summarize(arrays, eps)
+                mean = (summary["mean_samples"] if mode == "grid test" else N0 + N)
+                rows.append({"part": "digits", "model": checkpoint_path.stem, "mode": mode,
+                             "eps": eps, **{key: summary[key] for key in
+                                            ("acc", "rob_cs", "rob_cs_std", "rob_non_std")},
+                             "mean_samples": mean, "saving": (N0 + N) / mean,
+                             "seconds_per_example": per, "examples": len(indices)})
+    return rows
 
 
-def markdown(table: Sequence[dict[str, object]], args: argparse.Namespace) -> str:
-    """Return the results as a markdown table."""
-    lines = [f"eps = {args.eps}, alpha = {args.alpha}, n0 = {args.n0}, n (n_max) = {args.n}, "
-             f"batch {args.batch}, device {args.device}", "",
-             "| model | mode | examples | Acc | Rob_cs | Rob_non^std | mean samples "
-             "| median samples | fewer samples | wall s | speedup |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in table:
-        lines.append(f"| {row['model']} | {row['mode']} | {row['examples']} | {row['acc']:.3f} "
-                     f"| {row['rob_cs']:.3f} | {row['rob_non_std']:.3f} | {row['mean']:.0f} "
-                     f"| {row['median']:.0f} | {row['sample_ratio']:.1f}x "
-                     f"| {row['seconds']:.1f} | {row['speedup']:.1f}x |")
+# -- output -----------------------------------------------------------------------------------
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if np.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def table(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> str:
+    columns = ["model", "mode", "eps", *metrics, "mean_samples", "saving", "seconds_per_example"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c, float("nan"))) for c in columns) + " |"
+              for row in rows]
     return "\n".join(lines)
 
 
+def gaps(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> list[str]:
+    """Per model: the saving and the worst per-eps gap of the grid test below fixed n."""
+    lines = []
+    for model in dict.fromkeys(row["model"] for row in rows):
+        fixed = {row["eps"]: row for row in rows if row["model"] == model
+                 and row["mode"] == "fixed n"}
+        grid = {row["eps"]: row for row in rows if row["model"] == model
+                and row["mode"] == "grid test"}
+        worst = max((fixed[eps][m] - grid[eps][m], m, eps) for eps in GRID for m in metrics
+                    if not np.isnan(fixed[eps][m]))
+        saving = grid[GRID[0]]["saving"]
+        lines.append(f"- {model}: {saving:.1f}x fewer samples; worst gap {worst[0]:+.4f} "
+                     f"({worst[1]} at eps {worst[2]:g}; positive = grid test below fixed n)")
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.adaptive",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="*", type=Path,
-                        help="csrs checkpoints (default: train a quick digits model)")
-    parser.add_argument("--eps", type=float, default=0.5, help="radius (default 0.5)")
-    parser.add_argument("--alpha", type=float, default=0.001)
-    parser.add_argument("--n0", type=int, default=100)
-    parser.add_argument("--n", type=int, default=100_000, help="fixed n and adaptive n_max")
-    parser.add_argument("--batch", type=int, default=1000)
-    parser.add_argument("--skip", type=int, default=1, help="every skip-th test example")
-    parser.add_argument("--max", type=int, default=None, help="at most this many examples")
-    parser.add_argument("--cost", default=None, help="cost spec (default: the checkpoint's)")
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help=f"sequential constructions, comma-separated ({', '.join(METHODS)})")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--quick", action="store_true",
-                        help="small budget: n = 10,000 and at most 100 examples")
-    parser.add_argument("--progress", action="store_true", help="progress bars")
+                        help="digits checkpoints (default: a linear model trained here)")
+    parser.add_argument("--examples", type=int, default=1000,
+                        help="simulated examples per kind (default 1000)")
+    parser.add_argument("--quick", action="store_true", help="100 simulated and 40 digits "
+                        "examples: a smoke run")
+    parser.add_argument("--batch", type=int, default=1000, help="samples per forward pass")
+    parser.add_argument("--out", type=Path, default=Path("benchmark-results"),
+                        help="directory for adaptive.csv (default benchmark-results/)")
     args = parser.parse_args(argv)
-    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if args.quick:
-        args.n, args.max = min(args.n, 10_000), args.max or 100
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as scratch:
-        checkpoints = args.checkpoints or [train_quick_digits(Path(scratch) / "digits-quick.pt")]
-        table = [row for path in checkpoints for row in benchmark(path, args)]
-    print(markdown(table, args))
+    torch.set_num_threads(1)
+    simulated_examples = 100 if args.quick else args.examples
+    rows = [row for kind in ("standard", "pairwise")
+            for row in simulate(kind, simulated_examples)]
+    print(f"Simulated classifiers ({simulated_examples} examples each, radii uniform on (0, 1.4],"
+          f" alpha {ALPHA}, n = n_max = {N:,}):\n")
+    print(table(rows, ["certified"]))
+    print("\n" + "\n".join(gaps(rows, ["certified"])))
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoints = args.checkpoints or [train_quick_digits(Path(folder) / "digits-linear.pt")]
+        digits = [row for path in checkpoints
+                  for row in digits_rows(path, 40 if args.quick else None, args.batch)]
+    metrics = ["acc", "rob_cs", "rob_cs_std", "rob_non_std"]
+    print(f"\nDigits test split ({digits[0]['examples']} examples), cost '3', fixed n vs one "
+          f"grid test per example (standard and cost-sensitive):\n")
+    print(table(digits, metrics))
+    print("\n" + "\n".join(gaps(digits, metrics)))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "adaptive.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, [*COLUMNS, "machine"], extrasaction="ignore")
+        writer.writeheader()
+        for row in [*rows, *digits]:
+            writer.writerow({**{c: _cell(row[c]) if isinstance(row.get(c), float) else
+                                row.get(c, "") for c in COLUMNS},
+                             "machine": f"{platform.processor() or platform.machine()}, "
+                                        f"{torch.get_num_threads()} thread"})
+    print(f"\nwrote {path}")
     return 0
 
 

@@ -12,10 +12,11 @@ ResNet-50), with random weights, in one run of under 8 minutes on one GPU:
    (bf16 autocast), ``channels_last``, both, and both with ``compile`` (torch.compile, as
    ``compile=True`` does, once for both contenders; the warm-up pays for compilation, the timed
    runs do not). Medians of interleaved rounds.
-2. sequential: samples and seconds per image of the sequential test at eps = 0.5
-   (``csrs.adaptive.certify_dataset_adaptive``, n_max = 100,000, amp + channels_last). Random
-   weights vote for few classes, so the test stops early: samples per second is the number that
-   carries over to a trained model, samples per image is not.
+2. sequential: samples and seconds per image of the sequential test at eps = 0.5, and of the
+   4-point curve eps = 0.25, 0.5, 0.75, 1.0 decided by one test per image
+   (``csrs.certify.certify_dataset`` with ``SequentialSettings``, n_max = 100,000, amp +
+   channels_last). Random weights vote for few classes, so the test stops early: samples per
+   second is the number that carries over to a trained model, samples per image is not.
 3. training: steps per second of every objective in ``csrs.objectives.OBJECTIVES`` (the
    registry, so methods added later are measured too) on ResNet-110 at MACER's batch of 64,
    fp32; a method that cannot train this architecture (zhang-evans needs a convex one) is
@@ -52,7 +53,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from benchmarks.run import _timed, interleaved, machine
-from csrs.adaptive import certify_dataset_adaptive
+from csrs.certify import SequentialSettings, certify_dataset
 from csrs.checkpoint import save_checkpoint
 from csrs.costs import CostMatrix
 from csrs.models import build_model
@@ -61,6 +62,7 @@ from csrs.smoothing import ESTIMATION, SmoothedClassifier
 
 SIGMA = 0.5
 EPS = 0.5
+CURVE = (0.25, 0.5, 0.75, 1.0)  # the 4-point curve of the sequential part
 ALPHA = 0.001
 # The classifier's options per configuration; "compile" runs with amp and channels_last.
 CONFIGS: dict[str, dict[str, bool]] = {
@@ -191,8 +193,10 @@ def benchmark_certify(case: Case, config: str, device: torch.device,
 
 
 # -- 2. the sequential test -------------------------------------------------------------------
-def benchmark_sequential(case: Case, device: torch.device) -> dict[str, Any]:
-    """Returns samples and seconds per image of the sequential decision at eps = 0.5."""
+def benchmark_sequential(case: Case, device: torch.device,
+                         grid: tuple[float, ...] = (EPS,)) -> dict[str, Any]:
+    """Returns samples and seconds per image of the sequential decisions at the eps of
+    ``grid`` (one test per image decides them all)."""
     model = _model(case, device)
     smoothed = SmoothedClassifier(model, case.num_classes, SIGMA, device=device, amp=True,
                                   channels_last=True)
@@ -204,16 +208,18 @@ def benchmark_sequential(case: Case, device: torch.device) -> dict[str, Any]:
                                 batch_size=case.batch_size)  # warm-up
     _sync(device)
     started = time.perf_counter()
-    rows = certify_dataset_adaptive(smoothed, dataset, cost, eps=EPS, alpha=ALPHA, n0=case.n0,
-                                    n_max=case.n_max, batch_size=case.batch_size, progress=False)
+    settings = SequentialSettings(eps=grid, alpha=ALPHA, n0=case.n0, n_max=case.n_max)
+    rows = certify_dataset(smoothed, dataset, cost, settings=settings,
+                           batch_size=case.batch_size, progress=False)
     _sync(device)
     seconds = time.perf_counter() - started
     samples = [int(row["samples"]) for row in rows]
     return {"case": case.label, "arch": case.arch, "input_shape": list(case.input_shape),
-            "images": images, "eps": EPS, "n0": case.n0, "n_max": case.n_max,
+            "images": images, "eps": list(grid), "n0": case.n0, "n_max": case.n_max,
             "mean_samples": statistics.fmean(samples),
             "median_samples": statistics.median(samples),
-            "certified": sum(row["certified"] == "1" for row in rows),
+            "standard_certified": [sum(row[f"standard@{eps}"] == "1" for row in rows)
+                                   for eps in grid],
             "seconds_per_image": seconds / images, "samples_per_second": sum(samples) / seconds}
 
 
@@ -340,10 +346,12 @@ def markdown(report: dict[str, Any]) -> str:
                   f"| {row['warmup_s']:.1f} |" for row in report["certify"]]
         lines.append("")
     if report["sequential"]:
-        lines += [f"Sequential test at eps = {EPS} (amp + channels_last, random weights):", "",
-                  "| model | images | n_max | mean samples | median samples | s / image "
-                  "| samples / s |", "|---|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {row['case']} | {row['images']} | {row['n_max']:,} "
+        lines += ["Sequential test (amp + channels_last, random weights), one test per image "
+                  "for all listed eps:", "",
+                  "| model | eps | images | n_max | mean samples | median samples | s / image "
+                  "| samples / s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {row['case']} | {', '.join(f'{e:g}' for e in row['eps'])} "
+                  f"| {row['images']} | {row['n_max']:,} "
                   f"| {_number(row['mean_samples'])} | {_number(row['median_samples'])} "
                   f"| {row['seconds_per_image']:.3g} | {_number(row['samples_per_second'])} |"
                   for row in report["sequential"]]
@@ -400,7 +408,8 @@ def run(device: torch.device, tiny: bool, configs: Sequence[str], nproc: int | N
     if "sequential" not in skip:
         for case in chosen.cases:
             log(f"sequential: {case.label}")
-            report["sequential"].append(benchmark_sequential(case, device))
+            for grid in ((EPS,), CURVE):
+                report["sequential"].append(benchmark_sequential(case, device, grid))
     if "training" not in skip:
         log(f"training: {chosen.cases[0].label}, {', '.join(OBJECTIVES)}")
         report["training"] = benchmark_training(chosen.cases[0], device, chosen.train_batch,

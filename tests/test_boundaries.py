@@ -1,7 +1,6 @@
 """Where csrs meets users' models and files: broken logits, other models, two writers, 64-bit
 noise keys, and the real-valued cost columns of results files."""
 
-import socket
 import subprocess
 import sys
 
@@ -11,8 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from csrs.adaptive import certify_dataset_adaptive
-from csrs.certify import CertifySettings, certify_dataset
+from csrs.certify import CertifySettings, SequentialSettings, certify_dataset
 from csrs.checkpoint import load_checkpoint, save_checkpoint
 from csrs.cli import main
 from csrs.costs import CostMatrix
@@ -76,7 +74,7 @@ def _dataset():
 def test_nan_logits_stop_certification_naming_the_example_and_keep_written_rows(tmp_path):
     torch.manual_seed(0)
     smoothed = SmoothedClassifier(FlaggedNaN(), 3, 0.5)
-    settings = CertifySettings(n0=10, n=90, alpha=0.01, sigma=0.5, cost="0")
+    settings = CertifySettings(n0=10, n=90, alpha=0.01)
     out = tmp_path / "r.tsv"
     with pytest.raises(ModelOutputError, match="example 2: .*NaN or infinite") as error:
         certify_dataset(smoothed, _dataset(), CostMatrix.parse("0", 3), settings=settings,
@@ -137,26 +135,34 @@ def test_resume_with_another_model_is_refused(digits_checkpoint, tmp_path, capsy
     assert len(read_results(out)) == 6
 
 
+_HOLD_LOCK = """
+import sys, time
+from filelock import FileLock
+lock = FileLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
 def test_a_second_writer_is_refused(digits_checkpoint, tmp_path, capsys):
     out = tmp_path / "r.tsv"
-    # Process 1 (init) is alive: its lock stands.
-    (tmp_path / "r.tsv.lock").write_text(f"{socket.gethostname()}:1\n")
-    assert main(["certify", str(digits_checkpoint), "--out", str(out), *SMALL,
-                 "--max", "2"]) == 2
-    message = capsys.readouterr().err.strip()
-    assert "being written by process 1" in message and "\n" not in message
-    assert (tmp_path / "r.tsv.lock").exists()
-
-
-def test_a_lock_left_by_a_dead_process_is_taken_over(digits_checkpoint, tmp_path):
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    (tmp_path / "r.tsv.lock").write_text(f"{socket.gethostname()}:{gone.stdout.strip()}\n")
-    out = tmp_path / "r.tsv"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(tmp_path / "r.tsv.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["certify", str(digits_checkpoint), "--out", str(out), *SMALL,
+                     "--max", "2"]) == 2
+        message = capsys.readouterr().err.strip()
+        assert "being written by another process" in message and "\n" not in message
+        assert not out.exists() or read_results(out) == []
+    finally:
+        holder.kill()
+        holder.wait()
+    # The kernel released the dead writer's lock: the run goes ahead.
     assert main(["certify", str(digits_checkpoint), "--out", str(out), *SMALL,
                  "--max", "2"]) == 0
     assert len(read_results(out)) == 2
-    assert not (tmp_path / "r.tsv.lock").exists()  # released when the run ended
 
 
 def test_duplicate_example_rows_are_refused(digits_checkpoint, tmp_path, capsys):
@@ -198,7 +204,7 @@ def test_certify_writes_what_kappa_needs_at_every_eps(digits_checkpoint, tmp_pat
     assert main(["report", str(out), "--eps", "0.25", "--out", str(tmp_path / "rep")]) == 0
     printed = capsys.readouterr().out
     assert "clean cost" in printed and "Cost_cert" in printed
-    assert (tmp_path / "rep" / "certified_cost.png").stat().st_size > 0
+    assert (tmp_path / "rep" / "certified_cost.png").read_bytes().startswith(b"\x89PNG")
     summary = (tmp_path / "rep" / "summary.csv").read_text().splitlines()
     assert "clean_cost" in summary[0] and "cert_cost_sensitive" in summary[0]
 
@@ -206,14 +212,14 @@ def test_certify_writes_what_kappa_needs_at_every_eps(digits_checkpoint, tmp_pat
 def test_certified_cost_metrics_follow_the_definitions():
     rows = [  # label 0 sensitive: C[0] = (0, 10, 2); label 1 not
         {"label": 0, "predict": 0, "radius": 0.4, "correct": 1, "sensitive": 1,
-         "cs_predict": 0, "cs_costly": 0, "r1": 0.3, "cs_radius": 0.6, "clean_cost": 0,
-         "cs_cost": 0, "pair_radii": "1:0.9,2:0.6", "pair_costs": "1:10,2:2"},
+         "cs_predict": 0, "cs_costly": 0, "r1": 0.3, "cost_r1": 0.3, "cs_radius": 0.6,
+         "clean_cost": 0, "cs_cost": 0, "pair_radii": "1:0.9,2:0.6", "pair_costs": "1:10,2:2"},
         {"label": 0, "predict": 2, "radius": 0.5, "correct": 0, "sensitive": 1,
-         "cs_predict": 2, "cs_costly": 1, "r1": 0.5, "cs_radius": 0, "clean_cost": 2,
-         "cs_cost": 2, "pair_radii": "1:0.7", "pair_costs": "1:10"},
+         "cs_predict": 2, "cs_costly": 1, "r1": 0.5, "cost_r1": 0.5, "cs_radius": 0,
+         "clean_cost": 2, "cs_cost": 2, "pair_radii": "1:0.7", "pair_costs": "1:10"},
         {"label": 0, "predict": -1, "radius": 0, "correct": 0, "sensitive": 1,
-         "cs_predict": -1, "cs_costly": 0, "r1": -0.2, "cs_radius": 0, "clean_cost": 10,
-         "cs_cost": 0, "pair_radii": "1:-0.1,2:0.2", "pair_costs": "1:10,2:2"},
+         "cs_predict": -1, "cs_costly": 0, "r1": -0.2, "cost_r1": -0.2, "cs_radius": 0,
+         "clean_cost": 10, "cs_cost": 0, "pair_radii": "1:-0.1,2:0.2", "pair_costs": "1:10,2:2"},
         {"label": 1, "predict": 1, "radius": 0.5, "correct": 1, "sensitive": 0,
          "clean_cost": 0, "cs_cost": 0, "pair_radii": "", "pair_costs": ""},
     ]
@@ -247,20 +253,15 @@ def test_max_cost_decides_the_binary_question_of_the_classes_above_it(digits_che
     cost = CostMatrix.parse("3->5:10,8:2", 10)
     indices = [i for i in range(200) if int(digits.test[i][1]) == 3][:6]
 
-    def run(**kwargs):
+    def run(matrix, max_cost=None):
         smoothed = SmoothedClassifier(checkpoint.build_model(), 10, 0.5)
-        return certify_dataset_adaptive(smoothed, digits.test, cost, eps=0.1, alpha=0.01,
-                                        n0=20, n_max=2000, indices=indices, progress=False,
-                                        **kwargs)
+        settings = SequentialSettings(eps=(0.1,), alpha=0.01, n0=20, n_max=2000,
+                                      max_cost=max_cost)
+        rows = certify_dataset(smoothed, digits.test, matrix, settings=settings,
+                               indices=indices, progress=False)
+        return [(r["sensitive"], r["certified@0.1"]) for r in rows]
 
-    zero = run(max_cost=0.0)
-    assert [r["certified"] for r in zero] == [r["certified"] for r in run()]
-    above_two = run(max_cost=2.0)  # only 3 -> 5 (cost 10) must be avoided
-    binary_five = CostMatrix.parse("3->5", 10)
-    smoothed = SmoothedClassifier(checkpoint.build_model(), 10, 0.5)
-    reference = certify_dataset_adaptive(smoothed, digits.test, binary_five, eps=0.1,
-                                         alpha=0.01, n0=20, n_max=2000, indices=indices,
-                                         progress=False)
-    assert [r["certified"] for r in above_two] == [r["certified"] for r in reference]
-    everything_allowed = run(max_cost=10.0)
-    assert all(r["sensitive"] == "0" for r in everything_allowed)
+    assert run(cost, max_cost=0.0) == run(cost)
+    # Above 2, only 3 -> 5 (cost 10) must be avoided: the binary question for '3->5'.
+    assert run(cost, max_cost=2.0) == run(CostMatrix.parse("3->5", 10))
+    assert all(sensitive == "0" for sensitive, _ in run(cost, max_cost=10.0))

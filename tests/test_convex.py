@@ -327,7 +327,7 @@ def test_cli_trains_zhang_evans_and_certifies_from_the_checkpoint_alone(tmp_path
                  "--out", str(results), "--quiet"]) == 0
     assert main(["report", str(results)]) == 0
     printed = capsys.readouterr().out
-    assert "Rob_cs" in printed and "0.250" in printed
+    assert "Rob_cs" in printed and "eps = 0.25" in printed
     rows = read_results(results)
     assert sum(int(row["correct"]) for row in rows) / len(rows) > 0.7
     with open(results) as handle:

@@ -1,4 +1,4 @@
-"""The certified worst-case cost kappa(eps) of real-valued cost rows (NOTES.md, real costs).
+"""The certified worst-case cost kappa(eps) of real-valued cost rows (docs/theory.md).
 
 Soundness on simulated multinomial counts from known probabilities: a failure is an input for
 which kappa(eps) falls below its value on the true probabilities (same candidate) at SOME eps.
@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 from scipy.special import ndtri
 
+from oracles import true_cost
+
 from csrs.stats import (
     ABSTAIN,
     certify_cost_counts,
     certify_counts,
     clopper_pearson_lower,
     clopper_pearson_upper,
-    true_cost,
 )
 
 SIGMA = 0.5

@@ -5,14 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from csrs.metrics import summarize_decisions
+from oracles import run_test
+
 from csrs.sequential import (
     ABSTAIN,
-    ADAPTIVE_COLUMNS,
+    FINAL_SHARE,
     SequentialTest,
     look_schedule,
     mixture_lower,
-    run_test,
 )
 from csrs.stats import clopper_pearson_lower, true_cs_radius
 
@@ -130,7 +130,9 @@ def test_alpha_is_spent_only_at_looks_that_could_certify():
     test = SequentialTest([100, 0], eps=1.0, sigma=SIGMA, alpha=0.001)
     levels = test._certify_levels()
     assert math.isclose(sum(levels), 0.001)
-    assert levels[0] == 0 and len(set(level for level in levels if level)) == 1
+    spent = [level for level in levels if level]
+    assert levels[0] == 0 and len(set(spent[:-1])) == 1
+    assert math.isclose(spent[-1], 0.001 * FINAL_SHARE)  # the last look keeps its share
 
 
 def test_look_schedule_grows_geometrically_to_the_budget():
@@ -164,26 +166,108 @@ def test_bad_settings_are_refused(kwargs, message):
         SequentialTest([10, 0, 0], **settings)
 
 
-def _row(label, predict, certified, sensitive, samples, correct=None):
-    row = dict.fromkeys(ADAPTIVE_COLUMNS, "")
-    correct = int(predict == label) if correct is None else correct
-    row.update(idx="0", label=str(label), predict=str(predict), correct=str(correct),
-               sensitive=str(sensitive), certified=str(certified), samples=str(samples),
-               eps="0.5")
-    return row
+# -- a grid of radii from one test (one alpha for all of them) ---------------------------------
+def simulate_grid(p, costly, grid, *, method="looks", runs=2000, alpha=0.1, n_max=2000, seed=0,
+                  test_class=SequentialTest):
+    """Run ``runs`` grid tests on multinomial draws from ``p``; return the fraction of runs
+    that certified some listed eps >= R*(p) (a false claim), and the decisions."""
+    rng = np.random.default_rng(seed)
+    p = np.asarray(p, dtype=float)
+    omega = costly if costly is not None else range(1, len(p))
+    true_radius = true_cs_radius(p, list(omega), SIGMA)
+    false, decisions = 0, []
+    for _ in range(runs):
+        test = test_class(rng.multinomial(20, p), eps=grid, sigma=SIGMA, alpha=alpha,
+                          costly=costly, n_max=n_max, method=method)
+        decision = run_test(test, lambda start, stop: rng.multinomial(stop - start, p))
+        decisions.append(decision)
+        false += any(ok and eps >= true_radius for ok, eps in zip(decision.certified, grid,
+                                                                  strict=True))
+    return false / runs, decisions
 
 
-def test_summary_follows_the_metric_definitions():
-    rows = [
-        _row(3, 3, 1, 1, 200),        # sensitive, certified: robust
-        _row(3, 3, 0, 1, 100),        # sensitive, costly or abstained at eps: not robust
-        _row(1, 1, 1, 0, 300),        # non-sensitive, correct and certified: robust
-        _row(1, 2, 1, 0, 400),        # non-sensitive, certified but wrong: not robust
-        _row(1, ABSTAIN, 0, 0, 1000),  # an abstention is never correct
-    ]
-    summary = summarize_decisions(rows)
-    assert summary["acc"] == pytest.approx(3 / 5)
-    assert summary["rob_cs"] == pytest.approx(1 / 2)
-    assert summary["rob_non_std"] == pytest.approx(1 / 3)
-    assert summary["mean_samples"] == 400 and summary["median_samples"] == 300
-    assert summary["eps"] == 0.5 and summary["sensitive"] == 2
+def _straddling(p, costly):
+    """0.5 R*, just above R*, 1.3 R*, 2 R*: one true claim, three false ones."""
+    radius = _false_claim_eps(p, costly) / 1.0001
+    return (0.5 * radius, radius * 1.0001, 1.3 * radius, 2 * radius)
+
+
+def _twelve(p, costly):
+    """Twelve radii from 0.1 R* to 2.3 R*, one of them just above R* (the claim most at risk)
+    and one just below it."""
+    radius = _false_claim_eps(p, costly) / 1.0001
+    return tuple(radius * f for f in sorted([*np.linspace(0.1, 2.3, 11), 1.0001]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grid_of", [_straddling, _twelve], ids=["straddling", "twelve"])
+@pytest.mark.parametrize("method, runs", [("looks", 2000), ("mixture", 500)])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_grid_certifies_some_eps_above_the_true_radius_at_most_alpha(case, method, runs,
+                                                                       grid_of):
+    """One alpha for the whole grid, whatever the stopping time (no split over the eps)."""
+    p, costly = CASES[case]
+    rate, decisions = simulate_grid(p, costly, grid_of(p, costly), method=method, runs=runs)
+    assert rate <= tolerance(0.1, runs)
+    # ... and it is not vacuous: the true claim below R* is certified most of the time.
+    assert np.mean([d.certified[0] for d in decisions]) > 0.5
+
+
+@pytest.mark.parametrize("grid_of", [_straddling, _twelve], ids=["straddling", "twelve"])
+def test_the_grid_check_rejects_full_alpha_at_every_look(grid_of):
+    p, costly = CASES["binary"]
+    rate, _ = simulate_grid(p, costly, grid_of(p, costly), test_class=FullAlphaAtEveryLook)
+    assert rate > tolerance(0.1, 2000) + 0.05
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_grid_decisions_are_nested_and_stop_when_every_eps_is_decided(case):
+    p, costly = CASES[case]
+    grid = _twelve(p, costly)
+    _, decisions = simulate_grid(p, costly, grid, runs=200, alpha=0.01, n_max=5000, seed=3)
+    for decision in decisions:
+        certified = list(decision.certified)
+        assert certified == sorted(certified, reverse=True)  # certified at e => below e
+        assert len(decision.stopped) == len(grid)
+        assert decision.samples <= 5000 + 20
+        below = [eps for eps, ok in zip(grid, certified, strict=True) if ok]
+        if below:  # every certified eps lies below the radius bound
+            assert decision.radius_lower > max(below)
+    assert any(any(d.certified) and not all(d.certified) for d in decisions)
+
+
+def test_a_grid_of_one_point_decides_as_the_single_eps():
+    """The same counts give the same decision and samples for eps = e and eps = (e,)."""
+    p, costly = CASES["pairwise"]
+    eps = _false_claim_eps(p, costly) * 0.8
+    for seed in range(20):
+        decisions = []
+        for value in (eps, (eps,)):
+            rng = np.random.default_rng(seed)
+            test = SequentialTest(rng.multinomial(20, p), eps=value, sigma=SIGMA, alpha=0.01,
+                                  costly=costly, n_max=5000)
+            decisions.append(run_test(test, lambda start, stop: rng.multinomial(stop - start,
+                                                                                p)))
+        single, grid = decisions
+        assert (single.certified, single.stopped, single.samples) == \
+            (grid.certified[0], grid.stopped[0], grid.samples)
+
+
+def test_a_single_eps_returns_plain_values_and_a_grid_tuples():
+    decision = run_test(SequentialTest([100, 0], eps=0.5, sigma=SIGMA, alpha=0.001),
+                        lambda start, stop: np.array([stop - start, 0]))
+    assert decision.certified is True and decision.stopped == "certified"
+    decision = run_test(SequentialTest([100, 0], eps=(0.5, 2.0), sigma=SIGMA, alpha=0.001,
+                                       n_max=1000),
+                        lambda start, stop: np.array([stop - start, 0]))
+    # 2.0 needs p_A > Phi(4): beyond what 1000 unanimous votes can show, futile at once.
+    assert decision.certified == (True, False)
+    assert decision.stopped == ("certified", "futile")
+
+
+@pytest.mark.parametrize("grid, message", [((0.5, 0.25), "increase strictly"),
+                                           ((), "empty"), ((0.5, float("inf")), "finite"),
+                                           ((-0.1, 0.5), ">= 0")])
+def test_bad_grids_are_refused(grid, message):
+    with pytest.raises(ValueError, match=message):
+        SequentialTest([10, 0, 0], eps=grid, sigma=SIGMA, alpha=0.001)

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import binomtest, norm
+from scipy.stats import beta, binomtest, norm
 
 from csrs import ABSTAIN, certify_counts, cohen_certify_counts, cohen_predict_counts
 from csrs.stats import clopper_pearson_lower, clopper_pearson_upper, true_cs_radius
@@ -89,15 +89,24 @@ def test_two_classes_spend_the_whole_alpha_on_r1():
     assert cert.radius == cert.r1 and cert.certified
 
 
-@pytest.mark.parametrize("counts", [[700, 200, 100, 0], [900, 50, 30, 20], [520, 480, 0, 0],
-                                    [600, 100, 100, 200]])
-def test_cs_radius_never_below_standard_radius(counts):
-    """Theorem 3.3: the cost-sensitive radius is at least the standard one (R1)."""
-    selection = [100, 0, 0, 0]
-    for costly in ([1], [2, 3], [1, 2, 3], [3]):
-        cert = certify_counts(selection, counts, sigma=0.5, alpha=0.001, costly=costly)
-        if cert.certified:
-            assert cert.radius >= cert.r1
+@pytest.mark.parametrize("counts, costly", [
+    ([700, 200, 100, 0], [2, 3]),    # the costly classes are rare: R2 > R1
+    ([520, 20, 0, 460], [1, 2]),     # a non-costly runner-up near p_A: R1 < 0 < R2
+    ([900, 50, 30, 20], [3]),
+])
+def test_theorem_3_3_the_pairwise_radius_certifies_beyond_the_standard_one(counts, costly):
+    """Theorem 3.3 where it bites: when the costly classes are rarer than the runner-up, R2
+    exceeds R1 and the certificate returns R2. Both computed here by hand from SciPy's Beta
+    quantiles and normal PPF (sound allocation: alpha/2 for p_A and for each costly p_k)."""
+    n, alpha, sigma = sum(counts), 0.001, 0.5
+    p_a = beta.ppf(alpha / 2, counts[0], n - counts[0] + 1)
+    p_b = max(beta.ppf(1 - alpha / 2, counts[k] + 1, n - counts[k]) for k in costly)
+    r1 = sigma * norm.ppf(p_a)
+    r2 = sigma / 2 * (norm.ppf(p_a) - norm.ppf(p_b))
+    assert r2 > r1  # the cases are chosen so that the theorem bites
+    cert = certify_counts([100, 0, 0, 0], counts, sigma=sigma, alpha=alpha, costly=costly)
+    assert cert.r1 == pytest.approx(r1, rel=1e-9) and cert.r2 == pytest.approx(r2, rel=1e-9)
+    assert cert.certified and cert.radius == pytest.approx(r2, rel=1e-9)
 
 
 def test_true_cs_radius_equals_standard_radius_for_all_other_classes():

@@ -20,7 +20,7 @@ from csrs.stats import (
     true_cs_radius,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is set (pyproject.toml reads it)
 
 _LAZY = {
     "SmoothedClassifier": "csrs.smoothing",
@@ -29,6 +29,9 @@ _LAZY = {
     "build_model": "csrs.models",
     "load_dataset": "csrs.data",
     "certify_dataset": "csrs.certify",
+    "CertifySettings": "csrs.certify",
+    "SequentialSettings": "csrs.certify",
+    "load_results": "csrs.results",
 }
 
 __all__ = [

@@ -56,40 +56,74 @@ def _probability(text: str) -> float:
 
 
 # -- certify ----------------------------------------------------------------------------------
+def _eps_list(text: str) -> tuple[float, ...]:
+    """``0.25,0.5,1`` as radii: finite, >= 0, increasing."""
+    values = []
+    for part in text.split(","):
+        value = _nonnegative_float(part.strip())
+        values.append(value)
+    if any(b <= a for a, b in zip(values, values[1:], strict=False)):
+        raise argparse.ArgumentTypeError(f"expected increasing radii like '0.25,0.5,1', got "
+                                         f"'{text}'")
+    return tuple(values)
+
+
+# The certification modes each flag applies to (fixed n, --adaptive, --convex); a flag given to
+# another mode is refused rather than silently ignored.
+_MODE_FLAGS = {
+    "n0": ("fixed", "adaptive"), "n": ("fixed", "adaptive"), "alpha": ("fixed", "adaptive"),
+    "bounds": ("fixed",), "seed": ("fixed", "adaptive"), "sigma": ("fixed", "adaptive"),
+    "amp": ("fixed", "adaptive"), "channels_last": ("fixed", "adaptive"),
+    "compile": ("fixed", "adaptive"), "eps": ("adaptive", "convex"), "max_cost": ("adaptive",),
+    "sequential": ("adaptive",),
+}
+_MODE_NAMES = {"fixed": "fixed-n certification", "adaptive": "--adaptive",
+               "convex": "--convex"}
+_CERTIFY_DEFAULTS = {"n0": 100, "n": 100_000, "alpha": 0.001, "bounds": "sound", "seed": 0,
+                     "sequential": "looks"}
+
+
 def _add_certify(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "certify", help="certify a dataset with a trained checkpoint",
         description="Certify every example of a dataset split with the smoothed classifier of a "
-                    "checkpoint: Cohen's standard certificate and Algorithm 1's cost-sensitive "
-                    "one, from the same samples. Writes one TSV row per example and resumes an "
+                    "checkpoint. Fixed n (default): Cohen's standard certificate, Algorithm 1's "
+                    "cost-sensitive one and the certified cost at every radius, from the same "
+                    "samples. --adaptive: sequential tests that decide each radius of --eps and "
+                    "stop as soon as the answers are known. --convex: Zhang & Evans's "
+                    "deterministic certificate. Writes one TSV row per example and resumes an "
                     "interrupted run when --out already exists.")
-    parser.add_argument("checkpoint", type=Path, help="checkpoint written by 'csrs train'")
-    parser.add_argument("--out", type=Path, required=True, help="results TSV (resumed if present)")
+    parser.add_argument("checkpoint", type=Path, help="checkpoint written by 'csrs train' or "
+                        "'csrs import'")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="results TSV (resumed if present); its settings go to OUT.json")
     parser.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
     parser.add_argument("--data-dir", help="directory of the dataset files (default: the "
                         "checkpoint's)")
-    parser.add_argument("--split", choices=("test", "train"), default="test")
+    parser.add_argument("--split", choices=("test", "train"), default="test",
+                        help="which split of the dataset to certify")
     parser.add_argument("--cost", help="cost spec, e.g. '3', '3->5,8' or with real costs "
-                        "'3->5:10,8:2' (default: the checkpoint's cost matrix)")
+                        "'3->5:10,8:2', or a .csv/.json/.npy matrix (default: the checkpoint's)")
     parser.add_argument("--sigma", type=_positive_float,
                         help="noise level (default: the checkpoint's training sigma)")
-    parser.add_argument("--n0", type=_positive_int, default=100,
-                        help="selection samples (default 100)")
-    parser.add_argument("--n", type=_positive_int, default=100_000,
-                        help="estimation samples (default 100000)")
-    parser.add_argument("--alpha", type=_probability, default=0.001,
+    parser.add_argument("--n0", type=_positive_int, default=None,
+                        help="selection samples per example (default 100)")
+    parser.add_argument("--n", type=_positive_int, default=None,
+                        help="estimation samples per example; with --adaptive the most a test "
+                             "may draw (default 100000)")
+    parser.add_argument("--alpha", type=_probability, default=None,
                         help="failure probability of each certificate (default 0.001)")
-    parser.add_argument("--bounds", choices=("sound", "paper"), default="sound",
-                        help="'sound' (default): max(R1, R2) holds with probability 1 - alpha; "
-                             "'paper': Algorithm 1 exactly as printed, whose max(R1, R2) only "
-                             "holds with probability 1 - 1.5*alpha")
+    parser.add_argument("--bounds", choices=("sound", "paper"), default=None,
+                        help="fixed n: 'sound' (default): max(R1, R2) holds with probability "
+                             "1 - alpha; 'paper': Algorithm 1 exactly as printed, whose "
+                             "max(R1, R2) only holds with probability 1 - 1.5*alpha")
     parser.add_argument("--batch", type=_positive_int, default=1000,
-                        help="noisy samples per forward pass (default 1000)")
+                        help="noisy samples per forward pass (--convex: examples, at most 256)")
     parser.add_argument("--skip", type=_positive_int, default=1,
-                        help="certify every K-th example (default 1)")
+                        help="certify every K-th example")
     parser.add_argument("--max", type=_positive_int, default=None,
-                        help="certify at most K examples")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+                        help="certify at most K examples (default: all)")
+    parser.add_argument("--seed", type=int, default=None, help="noise seed (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
     parser.add_argument("--channels-last", action="store_true",
@@ -97,41 +131,75 @@ def _add_certify(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model's forward pass (GPU; the first batches "
                              "pay for compilation)")
-    parser.add_argument("--eps", type=_nonnegative_float, default=None,
-                        help="radius to decide at (with --adaptive or --convex)")
     parser.add_argument("--adaptive", action="store_true",
-                        help="decide 'certified at --eps?' with a sequential test that stops as "
-                             "soon as the answer is known (--n is then the most samples per "
-                             "example); same guarantee: P(certified and true radius < eps) <= "
-                             "alpha whatever the stopping time")
+                        help="decide 'certified at eps?' for each radius of --eps with one "
+                             "sequential test per example, which stops as soon as the answers "
+                             "are known (--n is then the most samples per example); guarantee "
+                             "at the same alpha for the whole grid: no listed eps at or above "
+                             "the true radius is certified, with probability >= 1 - alpha, "
+                             "whatever the stopping time")
+    parser.add_argument("--eps", type=_eps_list, default=None,
+                        help="--adaptive: the radii to decide, e.g. 0.25,0.5,0.75,1.0; "
+                             "--convex: the one radius to certify")
     parser.add_argument("--max-cost", type=_nonnegative_float, default=None,
-                        help="with --adaptive: decide 'certified cost at --eps <= T' for a "
-                             "real-valued cost matrix, i.e. no class costing more than T can be "
-                             "reached (default: no costly class at all)")
-    parser.add_argument("--sequential", choices=("looks", "mixture"), default="looks",
-                        help="the sequential test of --adaptive: Clopper-Pearson at geometric "
-                             "looks (default) or a Beta-mixture confidence sequence")
+                        help="--adaptive: decide 'certified cost at eps <= T' for a real-valued "
+                             "cost matrix, i.e. no class costing more than T can be reached "
+                             "(default: no costly class at all)")
+    parser.add_argument("--sequential", choices=("looks", "mixture"), default=None,
+                        help="--adaptive: the sequential test, Clopper-Pearson at geometric "
+                             "looks (default 'looks') or a Beta-mixture confidence sequence")
     parser.add_argument("--convex", action="store_true",
                         help="Zhang & Evans's deterministic certificate at --eps from convex "
                              "(dual network) bounds instead of randomized smoothing; no alpha")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.set_defaults(run=_run_certify)
+
+
+def _check_mode(args: argparse.Namespace) -> str:
+    """The certification mode of ``args``; refuses flags that the mode would ignore, and fills
+    in the defaults of those it takes."""
+    if args.adaptive and args.convex:
+        raise ValueError("--adaptive and --convex are two ways to certify; choose one")
+    mode = "adaptive" if args.adaptive else "convex" if args.convex else "fixed"
+    for name, modes in _MODE_FLAGS.items():
+        value = getattr(args, name)
+        if value not in (None, False) and mode not in modes:
+            where = " or ".join(_MODE_NAMES[m] for m in modes)
+            raise ValueError(f"--{name.replace('_', '-')} applies to {where} only, not to "
+                             f"{_MODE_NAMES[mode]}")
+    if mode != "fixed" and args.eps is None:
+        raise ValueError(f"{_MODE_NAMES[mode]} needs --eps, the l2 radius "
+                         f"{'(or radii) ' if mode == 'adaptive' else ''}to decide at")
+    if mode == "convex" and len(args.eps) != 1:
+        raise ValueError(f"--convex certifies one radius; got --eps "
+                         f"{','.join(f'{e:g}' for e in args.eps)}")
+    for name, value in _CERTIFY_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return mode
 
 
 def _run_certify(args: argparse.Namespace) -> int:
     from csrs.distributed import process_group
 
+    mode = _check_mode(args)
     # Under torchrun every process runs this; they share the examples, rank 0 writes and prints.
     with process_group(args.device) as context:
-        return _certify_smoothed(args, context)
+        return _certify(args, mode, context)
 
 
-def _certify_smoothed(args: argparse.Namespace, context) -> int:
-    from csrs.certify import CertifySettings, certify_dataset, model_fingerprint, select_indices
+def _certify(args: argparse.Namespace, mode: str, context) -> int:
+    from csrs.certify import (
+        CertifySettings,
+        SequentialSettings,
+        certify_dataset,
+        model_fingerprint,
+        select_indices,
+    )
     from csrs.checkpoint import load_checkpoint
     from csrs.costs import CostMatrix
     from csrs.data import load_dataset
-    from csrs.metrics import summarize
+    from csrs.metrics import DecisionArrays, summarize
     from csrs.smoothing import SmoothedClassifier
 
     checkpoint = load_checkpoint(args.checkpoint)
@@ -146,17 +214,10 @@ def _certify_smoothed(args: argparse.Namespace, context) -> int:
                      f"checkpoint's model has {checkpoint.num_classes}")
     dataset = splits.test if args.split == "test" else splits.train
     indices = select_indices(len(dataset), skip=args.skip, max_examples=args.max)
-    if args.convex:
+    if mode == "convex":
         if context.distributed:
             return _fail("--convex certifies in one process only; launch it without torchrun")
         return _certify_convex(args, checkpoint, dataset, cost, indices)
-    if args.adaptive and args.eps is None:
-        return _fail("--adaptive needs --eps, the l2 radius to decide at")
-    if args.adaptive and context.distributed:
-        return _fail("--adaptive certifies in one process only; launch it without torchrun")
-    if args.max_cost is not None and not args.adaptive:
-        return _fail("--max-cost goes with --adaptive; a fixed-n run records the certified cost "
-                     "at every eps (see 'csrs report')")
     sigma = args.sigma or checkpoint.sigma
     if sigma != checkpoint.sigma and context.is_main:
         print(f"warning: certifying at sigma {sigma:g}; the model was trained at sigma "
@@ -164,140 +225,118 @@ def _certify_smoothed(args: argparse.Namespace, context) -> int:
     smoothed = SmoothedClassifier(checkpoint.build_model(context.device), checkpoint.num_classes,
                                   sigma, device=context.device, seed=args.seed, amp=args.amp,
                                   channels_last=args.channels_last, compile=args.compile)
-    settings = CertifySettings(n0=args.n0, n=args.n, alpha=args.alpha, bounds=args.bounds,
-                               sigma=sigma, seed=args.seed, cost=cost.spec(),
-                               noise_block=smoothed.noise_block)
-    fingerprint = model_fingerprint(checkpoint.model_state)
-    if args.adaptive:
-        from csrs.adaptive import certify_dataset_adaptive
-        from csrs.metrics import summarize_decisions
-
-        rows = certify_dataset_adaptive(
-            smoothed, dataset, cost, eps=args.eps, alpha=args.alpha, n0=args.n0, n_max=args.n,
-            batch_size=args.batch, indices=indices, out=args.out, progress=not args.quiet,
-            method=args.sequential, max_cost=args.max_cost, fingerprint=fingerprint)
-        summary = summarize_decisions(rows)
-        print(f"decided {summary['examples']} examples at eps {args.eps} with "
-              f"{summary['mean_samples']:.0f} samples on average -> {args.out}; Acc "
-              f"{summary['acc']:.3f}, Rob_cs {summary['rob_cs']:.3f}. "
-              f"Next: csrs report {args.out}")
-        return 0
+    if mode == "adaptive":
+        settings = SequentialSettings(eps=args.eps, alpha=args.alpha, n0=args.n0,
+                                      n_max=args.n, method=args.sequential,
+                                      max_cost=args.max_cost)
+    else:
+        settings = CertifySettings(n0=args.n0, n=args.n, alpha=args.alpha, bounds=args.bounds)
     rows = certify_dataset(smoothed, dataset, cost, settings=settings, indices=indices,
                            batch_size=args.batch, out=args.out, progress=not args.quiet,
-                           fingerprint=fingerprint)
+                           fingerprint=model_fingerprint(checkpoint.model_state),
+                           checkpoint=args.checkpoint)
+    if not context.is_main:
+        return 0
+    if mode == "adaptive":
+        from csrs.results import load_results
+
+        decisions = DecisionArrays.from_sequential(rows, settings.eps,
+                                                   load_results(args.out).settings)
+        at = [summarize(decisions, eps) for eps in settings.eps]
+        robust = ", ".join(f"{s['rob_cs']:.3f} at {s['eps']:g}" for s in at)
+        print(f"decided {at[0]['examples']} examples ({at[0]['sensitive']} sensitive) at eps "
+              f"{', '.join(f'{e:g}' for e in settings.eps)} with {at[0]['mean_samples']:.0f} "
+              f"samples on average -> {args.out}; Acc {at[0]['acc']:.3f}, Rob_cs {robust}. "
+              f"Next: csrs report {args.out}")
+        return 0
     summary = summarize(rows, 0.0)
-    if context.is_main:
-        costs = "" if cost.is_binary else f", clean cost {summary['clean_cost']:.3f}"
-        print(f"certified {summary['examples']} examples ({summary['sensitive']} sensitive) "
-              f"-> {args.out}; Acc {summary['acc']:.3f}{costs}. Next: csrs report {args.out}")
+    costs = "" if cost.is_binary else f", clean cost {summary['clean_cost']:.3f}"
+    print(f"certified {summary['examples']} examples ({summary['sensitive']} sensitive) "
+          f"-> {args.out}; Acc {summary['acc']:.3f}{costs}. Next: csrs report {args.out}")
     return 0
 
 
 def _certify_convex(args: argparse.Namespace, checkpoint, dataset, cost, indices) -> int:
     from csrs.convex import certify_dataset_convex, check_convex_supported
-    from csrs.metrics import summarize_decisions
+    from csrs.metrics import DecisionArrays, summarize_decisions
 
-    if args.eps is None:
-        return _fail("--convex needs --eps, the l2 radius to certify")
+    (eps,) = args.eps
     model = checkpoint.build_model(args.device)
     check_convex_supported(model, tuple(checkpoint.meta["input_shape"]))
-    rows = certify_dataset_convex(model, dataset, cost, eps=args.eps,
+    rows = certify_dataset_convex(model, dataset, cost, eps=eps,
                                   batch_size=min(args.batch, 256), indices=indices, out=args.out,
                                   progress=not args.quiet)
-    summary = summarize_decisions(rows)
-    print(f"certified {summary['examples']} examples at eps {args.eps} (convex bounds) -> "
+    summary = summarize_decisions(DecisionArrays.from_convex(rows, {}))
+    print(f"certified {summary['examples']} examples at eps {eps:g} (convex bounds) -> "
           f"{args.out}; clean Acc {summary['acc']:.3f}, Rob_cs {summary['rob_cs']:.3f}. "
           f"Next: csrs report {args.out}")
     return 0
 
 
 # -- report -----------------------------------------------------------------------------------
+def _add_report_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
+    parser.add_argument("results", type=Path, nargs="+",
+                        help="results TSVs of 'csrs certify' (any mode) or logs of Cohen et "
+                             "al.'s certify.py")
+    parser.add_argument("--eps", type=_eps_list, default=None,
+                        help="l2 radii at which robustness is counted, e.g. 0.5 or 0.25,0.5 "
+                             "(default: the radii the sequential files decided, else 0.5)")
+    parser.add_argument("--out", type=Path, default=None, help=out_help)
+    parser.add_argument("--cost", default=None,
+                        help="cost spec for Cohen's logs, which hold none: Rob_cs from their "
+                             "radius as R1 (a lower bound) and the certified cost from it")
+    parser.add_argument("--classes", type=_positive_int, default=None,
+                        help="number of classes of the task, with --cost (default: the largest "
+                             "class in the logs + 1)")
+
+
 def _add_report(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "report", help="metrics, table and plot from result files",
-        description="Acc, Rob_cs, Rob_cs^(std) and Rob_non^(std) at --eps for each results "
-                    "file, with the clean cost and the certified cost Cost_cert(eps) (and, "
-                    "for two-class tasks, the costly seed class's recall and precision), "
-                    "printed as a table; writes summary.csv, per_class.csv, a "
-                    "certified-robustness curve and a certified-cost curve (PNG) to --out.")
-    parser.add_argument("results", type=Path, nargs="+", help="results TSV(s) of 'csrs certify'")
-    parser.add_argument("--eps", type=_nonnegative_float, default=0.5,
-                        help="l2 radius at which robustness is counted (default 0.5)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="directory for summary.csv and plots (default: beside the first "
-                             "results file, <name>-report/)")
-    parser.set_defaults(run=_run_report)
+        "report", help="metrics, table and plots from result files",
+        description="Acc, Rob_cs, Rob_cs^(std) and Rob_non^(std) at each --eps for each results "
+                    "file (each by its own kind: radii, sequential decisions, convex decisions, "
+                    "Cohen's logs), with the clean cost and the certified cost Cost_cert(eps) "
+                    "(and, for two-class tasks, the costly seed class's recall and precision), "
+                    "printed as a table; writes report.md (with the settings each file was "
+                    "certified with), summary.csv, per_class.csv, the curves and the certified "
+                    "cost curves (PNG) to --out.")
+    _add_report_arguments(parser, "directory for the report (default: beside the first "
+                                  "results file, <name>-report/)")
+    parser.set_defaults(run=_run_report, compare=False)
 
 
-def _read_named(paths: Sequence[Path]) -> dict[str, list[dict]]:
-    """Read results files, named by their stem (the full path where two stems clash)."""
-    from csrs.results import read_results
-
-    results = {}
-    for path in paths:
-        name = path.stem if path.stem not in results else str(path)
-        results[name] = read_results(path)
-        if not results[name]:
-            raise ValueError(f"results file '{path}' has no finished rows yet")
-    return results
-
-
-def _tabulate(results: dict[str, list[dict]], eps: float, out: Path, *, curves: str,
-              cost_curves: str, metrics: Sequence[str], title: str) -> list[Path]:
-    """Print the metrics table at eps, write summary.csv and the Rob_cs and certified-cost
-    curves; return what was written."""
-    from csrs.report import (
-        markdown_table,
-        plot_cost_curves,
-        plot_curves,
-        results_table,
-        write_csv,
-    )
-
-    rows, columns = results_table(results, eps)
-    print(f"certified robustness at eps = {eps}")
-    print(markdown_table(rows, columns, bold_best=columns[3:] if len(rows) > 1 else ()))
-    written = [write_csv(out / "summary.csv", rows, [*columns, "eps"]),
-               plot_curves(results, out / curves, metrics=metrics, title=title),
-               plot_cost_curves(results, out / cost_curves)]
-    return [path for path in written if path is not None]
+def _add_compare(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "compare", help="several result files side by side (table and curves)",
+        description="Put several results files side by side: the metrics table at each --eps "
+                    "and the Rob_cs and certified-cost curves over eps in one plot each.")
+    _add_report_arguments(parser, "directory for the report (default: compare/)")
+    parser.set_defaults(run=_run_report, compare=True)
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from csrs.metrics import METRICS, per_class
-    from csrs.report import write_csv
+    from csrs.costs import CostMatrix
+    from csrs.report import write_report
+    from csrs.results import load_results
 
-    results = _read_named(args.results)
-    out = args.out or args.results[0].with_name(args.results[0].stem + "-report")
-    if any("certified" in rows[0] for rows in results.values()):
-        return _report_decisions(results, out)
-    written = _tabulate(results, args.eps, out, curves="certified_curves.png",
-                        cost_curves="certified_cost.png",
-                        metrics=("rob_cs", "rob_cs_std", "rob_non_std"),
-                        title="certified robustness over the l2 radius")
-    classes = [{"results": name, **row} for name, res in results.items()
-               for row in per_class(res, args.eps)]
-    written.append(write_csv(out / "per_class.csv", classes,
-                             ["results", "label", "examples", "sensitive", *METRICS,
-                              "clean_cost"]))
+    files = {}
+    for path in args.results:
+        name = path.stem if path.stem not in files else str(path)
+        files[name] = load_results(path)
+    cost = None
+    if args.classes is not None and args.cost is None:
+        return _fail("--classes goes with --cost (the cost matrix of Cohen's logs)")
+    if args.cost is not None:
+        labels = [int(row[key]) for f in files.values() for row in f.rows
+                  for key in ("label", "predict")]
+        classes = args.classes or max(labels) + 1
+        cost = CostMatrix.parse(args.cost, classes)
+    default = Path("compare") if args.compare else \
+        args.results[0].with_name(args.results[0].stem + "-report")
+    text, written = write_report(files, args.out or default, eps=args.eps, cost=cost,
+                                 compare=args.compare)
+    print(text)
     print(f"wrote {', '.join(str(path) for path in written)}")
-    return 0
-
-
-def _report_decisions(results: dict[str, list[dict]], out: Path) -> int:
-    """Report files whose rows are decisions at one eps (adaptive or convex certification)."""
-    from csrs.metrics import summarize_decisions
-    from csrs.report import markdown_table, write_csv
-
-    rows = [{"results": name, **summarize_decisions(res)} for name, res in results.items()]
-    columns = ["results", "eps", "examples", "sensitive", "acc", "rob_cs", "rob_non_std"]
-    if any(not math.isnan(row["mean_samples"]) for row in rows):
-        columns += ["mean_samples", "median_samples"]
-    print("decisions at the eps each file was certified for")
-    print(markdown_table(rows, columns, headers={"mean_samples": "mean samples",
-                                                 "median_samples": "median samples"}))
-    write_csv(out / "summary.csv", rows, columns)
-    print(f"wrote {out / 'summary.csv'}")
     return 0
 
 
@@ -506,26 +545,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     summary = run_experiment(demo_config(quick=args.quick), args.out, quiet=args.quiet)
     _print_summary(summary)
     print(f"\nreport: {args.out / 'report.md'} ({time.perf_counter() - started:.0f} s)")
-    return 0
-
-
-def _add_compare(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "compare", help="several result files side by side (table and curves)",
-        description="Put several results files side by side: the metrics table at --eps and "
-                    "the Rob_cs curves over eps in one plot.")
-    parser.add_argument("results", type=Path, nargs="+", help="results TSVs")
-    parser.add_argument("--eps", type=_nonnegative_float, default=0.5)
-    parser.add_argument("--out", type=Path, default=Path("compare"),
-                        help="directory for summary.csv and compare.png (default compare/)")
-    parser.set_defaults(run=_run_compare)
-
-
-def _run_compare(args: argparse.Namespace) -> int:
-    written = _tabulate(_read_named(args.results), args.eps, args.out, curves="compare.png",
-                        cost_curves="compare_cost.png", metrics=("rob_cs",),
-                        title="Rob_cs over eps")
-    print(f"wrote {', '.join(str(path) for path in written)}")
     return 0
 
 

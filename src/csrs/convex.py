@@ -35,13 +35,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from convex_adversarial import DualNetwork
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from csrs.costs import CostMatrix
 from csrs.models import ARCHITECTURES, Normalize
-from csrs.results import ResultsStream, prepare_results
+from csrs.results import CONVEX, CONVEX_COLUMNS, ResultsStream, format_float, prepare_results
 
 __all__ = [
     "CONVEX_ARCHITECTURES",
@@ -55,8 +54,6 @@ __all__ = [
     "margin_lower_bounds",
 ]
 
-CONVEX_COLUMNS = ("idx", "label", "predict", "correct", "sensitive", "certified", "margin", "eps",
-                  "time")
 _SUPPORTED = "Linear, Conv2d, ReLU, Flatten (and csrs Normalize in front)"
 
 
@@ -64,6 +61,19 @@ _SUPPORTED = "Linear, Conv2d, ReLU, Flatten (and csrs Normalize in front)"
 CONVEX_ARCHITECTURES: dict[str, Callable[[int, tuple[int, ...]], nn.Module]] = {
     name: ARCHITECTURES[name] for name in ("convex-mlp", "convex-cnn")
 }
+
+
+def _dual_network(net: nn.Module, x: Tensor, eps: float) -> Any:
+    """Wong & Kolter's dual network of ``net`` around ``x`` in the l2 ball of radius ``eps``.
+
+    ``convex-adversarial`` is an optional extra (its last release is from 2021): it is imported
+    here, where it is used, so that the rest of csrs never needs it."""
+    try:
+        from convex_adversarial import DualNetwork
+    except ImportError:
+        raise ValueError("Zhang & Evans's convex bounds need the optional package "
+                         "convex-adversarial: pip install 'csrs[convex]'") from None
+    return DualNetwork(net, x, eps, norm_type="l2")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +221,7 @@ def margin_lower_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> T
     num_classes = net[-1].out_features
     eye = torch.eye(num_classes, device=x.device, dtype=x.dtype)
     directions = eye[y].unsqueeze(1) - eye.unsqueeze(0)  # row k: e_y - e_k
-    bounds = DualNetwork(net, x, eps, norm_type="l2")(directions)
+    bounds = _dual_network(net, x, eps)(directions)
     return bounds.masked_fill(eye[y].bool(), 0.0)
 
 
@@ -291,8 +301,9 @@ def certify_dataset_convex(model: nn.Module, dataset: Dataset, cost_matrix: Cost
     device = next(model.parameters()).device
     costly_table = torch.tensor(cost_matrix.mask, device=device)
     indices = list(range(len(dataset)) if indices is None else indices)
-    rows = (prepare_results(out, CONVEX_COLUMNS, {"mode": "convex", "eps": eps},
-                            "a convex certify run") if out is not None else [])
+    settings = {"eps": eps, "cost": cost_matrix.spec(), "cost_description": str(cost_matrix),
+                "cost_matrix": cost_matrix.to_list(), "class_names": cost_matrix.class_names}
+    rows = (prepare_results(out, CONVEX_COLUMNS, settings, CONVEX) if out is not None else [])
     with ResultsStream(out, CONVEX_COLUMNS, rows, indices, desc="certify-convex",
                        progress=progress) as stream:
         for start in range(0, len(stream.todo), batch_size):
@@ -306,7 +317,8 @@ def certify_dataset_convex(model: nn.Module, dataset: Dataset, cost_matrix: Cost
             stream.add([
                 {"idx": index, "label": int(label), "predict": int(predict),
                  "correct": int(correct), "sensitive": int(sensitive),
-                 "certified": int(certified), "margin": f"{margin:.6g}", "eps": f"{eps:g}",
+                 "certified": int(certified), "margin": format_float(margin),
+                 "eps": format_float(eps),
                  "time": f"{seconds:.4f}"}
                 for index, label, predict, correct, sensitive, certified, margin in zip(
                     chunk, y.tolist(), cert.predict.tolist(), cert.correct.tolist(),

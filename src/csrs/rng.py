@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["keyed_generator", "reseed"]
+__all__ = ["keyed_generator", "noise_key", "reseed"]
 
 _MASK64 = (1 << 64) - 1
 _MT_WORDS = 624
@@ -37,6 +37,15 @@ def _splitmix64(value: int) -> int:
     value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
     return value ^ (value >> 31)
+
+
+def noise_key(seed: int, index: int, stage: int, block: int) -> int:
+    """Return the 64-bit key of one noise block of randomized smoothing: a SplitMix64 hash
+    chained over its coordinates (seed, example index, sampling stage, block number)."""
+    state = 0
+    for part in (seed, index, stage, block):
+        state = _splitmix64(state ^ (int(part) & _MASK64))
+    return state
 
 
 def _mt_words(key: int) -> np.ndarray:

@@ -7,9 +7,10 @@ optimistic (upper confidence) rates could no longer be certified at eps by n_max
 n_max. Pure NumPy/SciPy (no torch), so that the guarantee can be checked on simulated counts
 whose true probabilities are known.
 
-The guarantee (NOTES.md, "what sound means here"), whatever the stopping time: for every input,
+The guarantee (docs/theory.md, "Sequential tests"), whatever the stopping time: for every input
+and every grid of radii decided by one test,
 
-    P(certified at eps and R*(p) <= eps) <= alpha.
+    P(some listed eps >= R*(p) is certified) <= alpha.
 
 Optional stopping breaks naive fixed-n bounds: testing at full alpha after every batch certifies
 false claims several times more often than alpha. Here alpha is spent once, across time, classes
@@ -30,54 +31,59 @@ from typing import Literal
 import numpy as np
 from scipy.special import betaincc, betaincinv, betaln, ndtri
 
-from csrs.stats import ABSTAIN, as_counts
+from csrs.stats import ABSTAIN, as_counts, check_alpha, check_costly, check_sigma
 
 __all__ = [
     "ABSTAIN",
-    "ADAPTIVE_COLUMNS",
     "METHODS",
     "Decision",
     "SequentialTest",
+    "check_grid",
     "look_schedule",
     "mixture_lower",
-    "run_test",
 ]
 
 Method = Literal["looks", "mixture"]
 METHODS: tuple[str, ...] = ("looks", "mixture")
 DEFAULT_METHOD: Method = "looks"
 LOOK_FIRST, LOOK_GROWTH = 64, 1.25  # the default look schedule: 64, 80, 100, ... , n_max
-
-# The per-example TSV of adaptive certification. ``predict``/``correct`` are the standard decision
-# at radius 0 (for Acc); ``certified`` is the decision at ``eps`` (cost-sensitive for sensitive
-# examples, standard for the others), whose bounds, radius bounds and stop reason follow.
-ADAPTIVE_COLUMNS = ("idx", "label", "predict", "correct", "sensitive", "certified", "samples",
-                    "eps", "candidate", "costly", "p_a_lower", "p_b_upper", "radius_lower",
-                    "radius_upper", "stopped", "time")
+FINAL_SHARE = 0.25  # the share of alpha that the "looks" test keeps for its last look
+# Futility is about power, not soundness: its bounds may fail more often than alpha. They do at
+# level alpha below FUTILITY_FROM samples, where noisy early looks would stop inputs that have a
+# real margin, and at FUTILITY_LEVEL from there on, where inputs near an eps would otherwise run
+# to n_max. Measured (benchmarks/adaptive.py, radii spread over (0, 1.4], alpha 0.001, n_max
+# 100,000): ~1.9x fewer samples than futility at alpha throughout, and certified fractions within
+# 0.01 of fixed n's at every eps.
+FUTILITY_LEVEL, FUTILITY_FROM = 0.1, 1000
 
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome of one sequential test of "certified at eps".
+    """The outcome of one sequential test of "certified at eps" (one eps, or a grid of them).
 
-    ``prediction`` is the candidate class c_A when certified, c_A when it is costly (never
-    certified; no estimation samples are spent on it), otherwise ``ABSTAIN``. ``samples`` counts
-    every forward pass, selection included. ``p_a_lower``/``p_b_upper`` and ``radius_lower`` are
-    the certifying bounds at the stop (0, 1, -inf at a look that spends no alpha);
-    ``radius_upper`` is the futility bound: the radius the last look (n_max) would certify if the
-    votes came at the optimistic rates of upper confidence bounds. ``stopped`` is
-    ``"certified"``, ``"futile"`` (``radius_upper <= eps``) or ``"budget"`` (n_max reached
-    undecided).
+    ``certified`` is a bool for a single eps and a tuple of bools aligned with the grid for a
+    sequence of eps (nested: certified at an eps implies certified at every smaller one).
+    ``stopped`` likewise says why each eps was decided: ``"certified"`` (``radius_lower`` rose
+    above it), ``"futile"`` (``radius_upper`` fell to it or below), or ``"budget"`` (n_max reached
+    undecided). ``prediction`` is the candidate class c_A when certified at some eps, c_A when it
+    is costly (never certified; no estimation samples are spent on it), otherwise ``ABSTAIN``.
+    ``samples`` counts every forward pass, selection included. ``radius_lower`` is the largest
+    certifying radius bound of all looks (with ``p_a_lower``/``p_b_upper``, the bounds it came
+    from; 0, 1, -inf when no look spent alpha): with probability at least 1 - alpha it is at most
+    R*(p), whatever the stopping time. ``radius_upper`` is the smallest futility bound: the
+    radius the last look (n_max) would certify if the votes came at the optimistic rates of upper
+    confidence bounds.
     """
 
-    certified: bool
+    certified: bool | tuple[bool, ...]
     prediction: int
     samples: int
     p_a_lower: float
     p_b_upper: float
     radius_lower: float
     radius_upper: float
-    stopped: str
+    stopped: str | tuple[str, ...]
+    eps: float | tuple[float, ...] = 0.0
 
 
 def look_schedule(n_max: int, *, first: int = LOOK_FIRST,
@@ -153,12 +159,42 @@ def mixture_lower(successes: float, trials: int, level: float) -> float:
     return safe
 
 
+def _spend(alpha: float, looks: int) -> list[float]:
+    """Return the alpha of each of ``looks`` certifying looks: FINAL_SHARE of it at the last
+    look (n_max), the rest in equal parts over the others.
+
+    Inputs that stop early have margins to spare and lose little to a small share per look;
+    inputs whose radius lies near an eps go on to n_max, where a large share keeps the bound
+    close to fixed n's (an equal split over ~30 looks costs them about 0.8 of a standard error).
+    """
+    if looks == 1:
+        return [alpha]
+    early = alpha * (1 - FINAL_SHARE) / (looks - 1)
+    return [early] * (looks - 1) + [alpha * FINAL_SHARE]
+
+
 _LOWER: dict[str, Callable[[float, int, float], float]] = {"looks": _cp_lower,
                                                          "mixture": mixture_lower}
 
 
+def check_grid(eps: float | Sequence[float]) -> tuple[float, ...]:
+    """Return the eps grid as a tuple; refuse a non-finite, negative or unordered one."""
+    values = (eps,) if isinstance(eps, (int, float, np.integer, np.floating)) else tuple(eps)
+    if not values:
+        raise ValueError("eps grid is empty; give at least one radius")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer,
+                                                             np.floating)) \
+                or not math.isfinite(value) or value < 0:
+            raise ValueError(f"eps must be a finite number >= 0; got {value!r}")
+    if any(b <= a for a, b in zip(values, values[1:], strict=False)):
+        raise ValueError(f"eps grid must increase strictly; got {', '.join(map(str, values))}")
+    return tuple(float(value) for value in values)
+
+
 class SequentialTest:
-    """A sequential test of H0 "R*(p) <= eps" for one input, fed with growing class counts.
+    """A sequential test of "R*(p) > eps" for one input and one eps or a grid of them, fed with
+    growing class counts.
 
     Built from the selection counts (n0 samples; they only choose the candidate c_A = their
     argmax and never enter the bounds), then ``update(counts)`` with the cumulative estimation
@@ -172,41 +208,52 @@ class SequentialTest:
     p_A <= max_{c not in Omega} p_c and p_B <= 1 - p_A). With two classes R2 = R1, so the test
     uses R1 alone there.
 
+    **A grid of eps from one test.** Each look j gives one certifying radius bound rl_j; an eps
+    of the grid is certified at the first look with rl_j > eps, and declared futile at the first
+    look whose futility bound is <= eps (certification takes precedence). The test stops when
+    every eps is decided, or at n_max. No alpha is split over the eps: certifying some listed
+    eps >= R*(p) means that some rl_j exceeded the smallest listed eps >= R*(p), so rl_j > R*(p):
+    one event, "some look's radius bound exceeds R*(p)", whose probability the accounting below
+    keeps at alpha whatever the stopping time and however many eps are listed. With probability
+    at least 1 - alpha, then, no listed eps at or above R*(p) is certified. A single eps is the
+    grid of one point.
+
     Alpha accounting (each share holds simultaneously over all looks, so the union bound gives
-    P(certified falsely) <= alpha for any stopping time):
+    P(some rl_j > R*(p)) <= alpha for any stopping time):
 
     - ``"mixture"``: anytime-valid confidence sequences (:func:`mixture_lower`), valid at every
       n. R1 alone: pA_lower at alpha. R1 or R2: pA_lower at alpha/2 (shared by R1 and R2) and
       an upper bound on each p_k, k in Omega, at alpha/2: R2 only needs the bound of the one
-      costly class with the largest true p_k to hold, a single event (NOTES.md), so there is
-      no split over |Omega|.
+      costly class with the largest true p_k to hold, a single event (docs/theory.md, "No split
+      over Omega"), so there is no split over |Omega|.
     - ``"looks"``: one-sided Clopper-Pearson at look j with alpha_j; sum_j alpha_j = alpha,
-      split between p_A and Omega as above. alpha_j = alpha/J' on the last J' looks, where the
-      first of them is the first look at which unanimous votes for c_A could certify: earlier
-      looks cannot certify anything and get no alpha.
+      split between p_A and Omega as above. The last J' looks spend alpha: a quarter of it at
+      the last (n_max), the rest in equal parts over the J' - 1 before (:func:`_spend`). The
+      first of them is the first look at which unanimous votes for c_A could certify the
+      smallest eps of the grid at its share: earlier looks cannot certify anything and get no
+      alpha.
 
     Futility costs no soundness (stopping to say "not certified" never makes a false claim),
     only power. At each look, upper confidence bounds on p_A and lower bounds on each p_k (same
-    construction, level alpha per look, split as above) give optimistic rates; if the last look
-    (n_max) would not certify eps even with votes at those rates, the test stops as futile. So a
+    construction, per look at level alpha before FUTILITY_FROM samples and FUTILITY_LEVEL from
+    there on, split as above) give optimistic rates; an eps that the
+    last look (n_max) would not certify even with votes at those rates is decided as futile. So a
     certifiable input is lost to futility only when a futility bound fails (<= alpha per look)
     or when its radius is so close to eps that n_max samples would rarely certify it anyway.
-    If unanimous votes at n_max could not certify, the test stops at once as futile.
+    An eps that unanimous votes at n_max could not certify is futile at once.
     """
 
-    def __init__(self, selection_counts: Sequence[int] | np.ndarray, *, eps: float,
-                 sigma: float, alpha: float, costly: Sequence[int] | None = None,
-                 n_max: int = 100_000, method: Method = DEFAULT_METHOD,
-                 looks: Sequence[int] | None = None) -> None:
+    def __init__(self, selection_counts: Sequence[int] | np.ndarray, *,
+                 eps: float | Sequence[float], sigma: float, alpha: float,
+                 costly: Sequence[int] | None = None, n_max: int = 100_000,
+                 method: Method = DEFAULT_METHOD, looks: Sequence[int] | None = None) -> None:
         selection = as_counts(selection_counts, "selection_counts")
         if selection.sum() == 0:
             raise ValueError("selection_counts are all zero; need n0 >= 1 samples")
-        if not (isinstance(eps, (int, float)) and eps >= 0 and math.isfinite(eps)):
-            raise ValueError(f"eps must be a finite number >= 0; got {eps!r}")
-        if not (isinstance(sigma, (int, float)) and sigma > 0 and math.isfinite(sigma)):
-            raise ValueError(f"sigma must be a positive number; got {sigma!r}")
-        if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
-            raise ValueError(f"alpha must be in (0, 1); got {alpha!r}")
+        check_sigma(sigma)
+        check_alpha(alpha)
+        self.grid = check_grid(eps)
+        self._single = not isinstance(eps, (Sequence, np.ndarray))
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
         self.looks = tuple(int(n) for n in (look_schedule(n_max) if looks is None else looks))
@@ -217,30 +264,35 @@ class SequentialTest:
         self.num_classes = selection.size
         self.candidate = int(np.argmax(selection))
         self.selection_samples = int(selection.sum())
-        self.eps, self.sigma, self.alpha, self.method = float(eps), float(sigma), alpha, method
+        self.sigma, self.alpha, self.method = float(sigma), alpha, method
         self.n_max = int(n_max)
         if costly is None:
             omega = [k for k in range(self.num_classes) if k != self.candidate]
         else:
-            omega = sorted({int(k) for k in costly})
-            if not omega:
-                raise ValueError("costly set Omega_y is empty: a non-sensitive example has no "
-                                 "cost-sensitive certificate; pass costly=None for the standard")
-            bad = [k for k in omega if not 0 <= k < self.num_classes]
-            if bad:
-                raise ValueError(f"costly class {bad[0]} does not exist; classes are "
-                                 f"0..{self.num_classes - 1}")
+            omega = check_costly(costly, self.num_classes)
         self.costly = omega
         self.r1_only = costly is None or self.num_classes == 2
         self._lower = _LOWER[method]
         self._step = 0
         self._levels = self._certify_levels()
-        self._futility_level = alpha
+        # The best (largest) certifying bound so far with its p bounds, and the smallest
+        # futility bound; each eps's outcome once decided.
+        self._best = (0.0, 1.0, -math.inf)
+        self._radius_upper = math.inf
+        self._outcome: list[str | None] = [None] * len(self.grid)
         self.decision: Decision | None = None
-        if self.candidate in omega or not any(self._levels):
-            prediction = self.candidate if self.candidate in omega else ABSTAIN
-            self.decision = Decision(False, prediction, self.selection_samples, 0.0, 1.0,
-                                     -math.inf, math.inf, "futile")
+        if self.candidate in omega:
+            self._outcome = ["futile"] * len(self.grid)
+            self._decide(self.selection_samples)
+        else:
+            unanimous = self._unanimous_radius()
+            self._outcome = ["futile" if unanimous <= eps else None for eps in self.grid]
+            if all(self._outcome):
+                self._decide(self.selection_samples)
+
+    @property
+    def eps(self) -> float | tuple[float, ...]:
+        return self.grid[0] if self._single else self.grid
 
     @property
     def next_look(self) -> int:
@@ -259,23 +311,42 @@ class SequentialTest:
                              f"{self.num_classes} classes; got {n} over {estimation.size}")
         level = self._levels[self._step]
         if level > 0:
-            p_a_lower, p_b_upper, radius_lower = self._certify_bounds(estimation, n, level)
-        else:
-            p_a_lower, p_b_upper, radius_lower = 0.0, 1.0, -math.inf
+            bounds = self._certify_bounds(estimation, n, level)
+            if bounds[2] > self._best[2]:
+                self._best = bounds
         radius_upper = self._futility_bound(estimation, n)
+        self._radius_upper = min(self._radius_upper, radius_upper)
         self._step += 1
-        if radius_lower > self.eps:
-            stopped = "certified"
-        elif radius_upper <= self.eps:
-            stopped = "futile"
-        elif n == self.n_max:
-            stopped = "budget"
+        radius_lower = self._best[2]
+        for i, eps in enumerate(self.grid):
+            if self._outcome[i] is None:
+                if radius_lower > eps:
+                    self._outcome[i] = "certified"
+                elif radius_upper <= eps:
+                    self._outcome[i] = "futile"
+                elif n == self.n_max:
+                    self._outcome[i] = "budget"
+        if all(self._outcome):
+            return self._decide(self.selection_samples + n)
+        return None
+
+    def _decide(self, samples: int) -> Decision:
+        # Nested by construction (a bound above a larger eps is above every smaller one); the
+        # running maximum makes it explicit for an eps decided futile at an earlier look.
+        certified = [outcome == "certified" for outcome in self._outcome]
+        for i in range(len(certified) - 2, -1, -1):
+            certified[i] = certified[i] or certified[i + 1]
+        stopped = tuple("certified" if ok else outcome
+                        for ok, outcome in zip(certified, self._outcome, strict=True))
+        if self.candidate in self.costly:
+            prediction = self.candidate
         else:
-            return None
-        certified = stopped == "certified"
-        self.decision = Decision(certified, self.candidate if certified else ABSTAIN,
-                                 self.selection_samples + n, p_a_lower, p_b_upper,
-                                 radius_lower, radius_upper, stopped)
+            prediction = self.candidate if any(certified) else ABSTAIN
+        p_a_lower, p_b_upper, radius_lower = self._best
+        single = self._single
+        self.decision = Decision(certified[0] if single else tuple(certified), prediction,
+                                 samples, p_a_lower, p_b_upper, radius_lower, self._radius_upper,
+                                 stopped[0] if single else stopped, self.eps)
         return self.decision
 
     # -- bounds -----------------------------------------------------------------------------
@@ -296,8 +367,8 @@ class SequentialTest:
     def _futility_bound(self, counts: np.ndarray, n: int) -> float:
         """Return the radius the final look (n_max) would certify if the votes came at the
         optimistic rates of the futility bounds (p_A at its upper bound, each p_k, k in Omega, at
-        its lower bound): when even this is <= eps, the test is futile."""
-        level = self._futility_level
+        its lower bound): an eps at or above it is futile."""
+        level = max(self.alpha, FUTILITY_LEVEL if n >= FUTILITY_FROM else 0.0)
         rates = np.zeros(self.num_classes)
         share_a = level if self.r1_only else level / 2
         rates[self.candidate] = 1.0 - self._lower(n - counts[self.candidate], n, share_a)
@@ -307,30 +378,27 @@ class SequentialTest:
                 rates[k] = self._lower(counts[k], n, share)
         return self._certify_bounds(rates * self.n_max, self.n_max, self._levels[-1])[2]
 
+    def _unanimous_radius(self) -> float:
+        """The radius unanimous votes for c_A at n_max would certify (-inf: no alpha at all)."""
+        if not self._levels[-1] > 0:
+            return -math.inf
+        unanimous = np.zeros(self.num_classes, dtype=np.int64)
+        unanimous[self.candidate] = self.n_max
+        return self._certify_bounds(unanimous, self.n_max, self._levels[-1])[2]
+
     def _certify_levels(self) -> list[float]:
         """Return the alpha spent at each look (see the class docstring)."""
+        smallest = self.grid[0]
         if self.method == "mixture":
             unanimous = np.zeros(self.num_classes, dtype=np.int64)
             unanimous[self.candidate] = self.n_max
-            possible = self._certify_bounds(unanimous, self.n_max, self.alpha)[2] > self.eps
+            possible = self._certify_bounds(unanimous, self.n_max, self.alpha)[2] > smallest
             return [self.alpha if possible else 0.0] * len(self.looks)
         total = len(self.looks)
         for first, n in enumerate(self.looks):
             unanimous = np.zeros(self.num_classes, dtype=np.int64)
             unanimous[self.candidate] = n
-            level = self.alpha / (total - first)
-            if self._certify_bounds(unanimous, n, level)[2] > self.eps:
-                return [0.0] * first + [level] * (total - first)
+            levels = _spend(self.alpha, total - first)
+            if self._certify_bounds(unanimous, n, levels[0])[2] > smallest:
+                return [0.0] * first + levels
         return [0.0] * total
-
-
-def run_test(test: SequentialTest, draw: Callable[[int, int], np.ndarray]) -> Decision:
-    """Drive ``test`` to its decision; ``draw(start, stop)`` returns the class counts of
-    estimation samples start..stop-1 (so a caller can keep one reproducible noise stream)."""
-    counts = np.zeros(test.num_classes, dtype=np.int64)
-    done = 0
-    while test.decision is None:
-        counts = counts + np.asarray(draw(done, test.next_look), dtype=np.int64)
-        done = test.next_look
-        test.update(counts)
-    return test.decision

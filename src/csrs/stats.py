@@ -28,11 +28,14 @@ __all__ = [
     "certified_cost",
     "certify_cost_counts",
     "certify_counts",
+    "check_alpha",
+    "check_costly",
+    "check_n",
+    "check_sigma",
     "clopper_pearson_lower",
     "clopper_pearson_upper",
     "cohen_certify_counts",
     "cohen_predict_counts",
-    "true_cost",
     "true_cs_radius",
 ]
 
@@ -42,7 +45,7 @@ Bounds = Literal["sound", "paper"]
 
 def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
     """One-sided lower Clopper-Pearson bound: P(p < bound) <= alpha for Binomial(trials, p)."""
-    _check_alpha(alpha)
+    check_alpha(alpha)
     if successes <= 0:
         return 0.0
     return float(betaincinv(successes, trials - successes + 1, alpha))
@@ -50,7 +53,7 @@ def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
 
 def clopper_pearson_upper(successes: int, trials: int, alpha: float) -> float:
     """One-sided upper Clopper-Pearson bound: P(p > bound) <= alpha for Binomial(trials, p)."""
-    _check_alpha(alpha)
+    check_alpha(alpha)
     if successes >= trials:
         return 1.0
     return float(betaincinv(successes + 1, trials - successes, 1.0 - alpha))
@@ -131,7 +134,7 @@ def certify_counts(selection_counts: Sequence[int] | np.ndarray,
     cost-sensitive robust, whatever its radius.
     """
     selection, estimation, n = _checked_counts(selection_counts, estimation_counts, sigma, alpha)
-    omega = _check_costly(costly, estimation.size)
+    omega = check_costly(costly, estimation.size)
     c_a = int(np.argmax(selection))  # Algorithm 1, line 3
     count_a = int(estimation[c_a])
     if bounds == "sound" and estimation.size == 2:
@@ -245,18 +248,6 @@ def certify_cost_counts(selection_counts: Sequence[int] | np.ndarray,
                            {k: float(row[k]) for k in others}, p_a_lower, levels)
 
 
-def true_cost(probabilities: Sequence[float] | np.ndarray, cost_row: Sequence[float],
-              candidate: int, sigma: float, eps: float) -> float:
-    """Return the oracle kappa(eps): :func:`certified_cost` on the true probabilities with the
-    same candidate (what the soundness tests compare with)."""
-    p = np.asarray(probabilities, dtype=float)
-    row = np.asarray(cost_row, dtype=float)
-    others = [int(k) for k in np.flatnonzero(row > 0) if k != candidate]
-    radii = [sigma / 2 * (_phi_inv(p[candidate]) - _phi_inv(p[k])) for k in others]
-    return certified_cost(eps, float(row[candidate]), sigma * _phi_inv(p[candidate]),
-                          [float(row[k]) for k in others], radii)
-
-
 def cohen_certify_counts(selection_counts: Sequence[int] | np.ndarray,
                          estimation_counts: Sequence[int] | np.ndarray, *,
                          sigma: float, alpha: float) -> StandardCertificate:
@@ -279,7 +270,7 @@ def cohen_predict_counts(counts: Sequence[int] | np.ndarray, *, alpha: float) ->
     binomial test of the top two counts rejects equality at level alpha (then the returned class
     differs from the smoothed classifier's with probability at most alpha)."""
     counts = as_counts(counts, "counts")
-    _check_alpha(alpha)
+    check_alpha(alpha)
     order = np.argsort(-counts, kind="stable")
     top, runner_up = int(counts[order[0]]), int(counts[order[1]]) if counts.size > 1 else 0
     if top + runner_up == 0:
@@ -298,7 +289,7 @@ def true_cs_radius(probabilities: Sequence[float] | np.ndarray, costly: Sequence
     whenever the top class is not costly.
     """
     p = np.asarray(probabilities, dtype=float)
-    omega = _check_costly(costly, p.size)
+    omega = check_costly(costly, p.size)
     inside = np.zeros(p.size, dtype=bool)
     inside[omega] = True
     if inside.all():
@@ -325,15 +316,16 @@ def _checked_counts(selection_counts: Sequence[int] | np.ndarray,
     if selection.shape != estimation.shape:
         raise ValueError(f"selection and estimation counts cover different numbers of classes: "
                          f"{selection.size} vs {estimation.size}")
-    _check_sigma(sigma)
-    _check_alpha(alpha)
+    check_sigma(sigma)
+    check_alpha(alpha)
     n = int(estimation.sum())
     if n == 0:
         raise ValueError("estimation_counts are all zero; need n >= 1 samples")
     return selection, estimation, n
 
 
-def _check_costly(costly: Sequence[int], num_classes: int) -> list[int]:
+def check_costly(costly: Sequence[int], num_classes: int) -> list[int]:
+    """Return Omega_y sorted; refuse an empty set or a class outside 0..num_classes-1."""
     omega = sorted({int(k) for k in costly})
     if not omega:
         raise ValueError("costly set Omega_y is empty: a non-sensitive example has no "
@@ -344,11 +336,24 @@ def _check_costly(costly: Sequence[int], num_classes: int) -> list[int]:
     return omega
 
 
-def _check_alpha(alpha: float) -> None:
-    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1) or math.isnan(alpha):
+def check_alpha(alpha: float) -> float:
+    """Return ``alpha``; refuse anything but a number in (0, 1)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)) \
+            or not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1); got {alpha!r}")
+    return float(alpha)
 
 
-def _check_sigma(sigma: float) -> None:
-    if not (isinstance(sigma, (int, float)) and sigma > 0) or not math.isfinite(sigma):
-        raise ValueError(f"sigma must be a positive number; got {sigma!r}")
+def check_sigma(sigma: float) -> float:
+    """Return ``sigma``; refuse anything but a finite positive number."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.integer, np.floating)) \
+            or not 0 < sigma < math.inf:
+        raise ValueError(f"sigma must be a finite positive number; got {sigma!r}")
+    return float(sigma)
+
+
+def check_n(n: int, name: str = "n") -> int:
+    """Return the sample count ``n``; refuse anything but a positive integer."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"{name} must be a positive integer; got {n!r}")
+    return int(n)
