@@ -380,17 +380,40 @@ def _unpickle(path: Path) -> object:
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (images uint8 (N, 3, 32, 32), labels) of one pickled CIFAR-10 python batch."""
+    """Returns (images uint8 (N, 3, 32, 32), labels) of one pickled CIFAR-10 python batch; a
+    file that is not one raises DataError saying why."""
+    def refuse(reason: str) -> DataError:
+        return DataError(f"cifar10: {path} is not a CIFAR-10 python batch (a pickled dict with "
+                         f"b'data', N x 3072 uint8, and b'labels'): {reason}")
+
     try:
         batch = _unpickle(path)
-        images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    except (EOFError, pickle.UnpicklingError) as error:
+        if isinstance(error, EOFError) or "truncated" in str(error):
+            raise refuse("the file ends early (truncated)") from None
+        raise refuse(f"it cannot be unpickled ({str(error).strip() or 'damaged bytes'})") \
+            from None
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
+        raise refuse(f"it cannot be unpickled ({type(error).__name__}: {error})") from None
+    if not isinstance(batch, dict):
+        raise refuse(f"it holds a {type(batch).__name__}, not a dict")
+    missing = [key for key in (b"data", b"labels") if key not in batch]
+    if missing:
+        raise refuse(f"it has no {missing[0]!r} (its keys: "
+                     f"{', '.join(repr(key) for key in batch) or 'none'})")
+    data = np.asarray(batch[b"data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise refuse(f"b'data' is {data.dtype} of shape {data.shape}, not N x 3072 uint8")
+    try:
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError):
-        raise DataError(f"cifar10: {path} is not a CIFAR-10 python batch (a pickled dict with "
-                        f"b'data', N x 3072 uint8, and b'labels')") from None
-    if len(images) != len(labels):
-        raise DataError(f"cifar10: {path} has {len(images)} images but {len(labels)} labels")
-    return images, labels
+    except (TypeError, ValueError):
+        raise refuse("b'labels' is not a list of integers") from None
+    if labels.ndim != 1 or len(data) != len(labels):
+        raise DataError(f"cifar10: {path} has {len(data)} images but {labels.size} labels")
+    outside = labels[(labels < 0) | (labels >= len(CIFAR10_CLASSES))]
+    if outside.size:
+        raise refuse(f"a label is {int(outside[0])}; CIFAR-10's are 0..9")
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def load_cifar10(data_dir: Path | None, *, seed: int = 0) -> DatasetSplits:
