@@ -6,9 +6,9 @@ models), two bundled offline sets (scikit-learn's digits and breast cancer) and 
 
 Inputs stay in [0, 1]: Gaussian noise is added in these units, and the ``mean``/``std`` of
 :class:`DatasetSplits` belong to the model's first layer; they are never applied here, so radii are
-in pixel units (NOTES, "Conventions of the field"). The paper's datasets cannot be downloaded by
-this library: their loaders read the official layouts from a directory the user names and raise
-:class:`DataError` saying which files are expected where.
+in pixel units, as the field reports them since Cohen et al. The paper's datasets cannot be
+downloaded by this library: their loaders read the official layouts from a directory the user
+names and raise :class:`DataError` saying which files are expected where.
 
 A new dataset is one loader ``(data_dir, *, seed, **options) -> DatasetSplits`` and one line in
 :data:`DATASETS`.
@@ -59,7 +59,7 @@ IMAGENETTE_NAMES = {
     "n03888605": "parachute",
 }
 # HAM10000's diagnoses as the paper's binary task (akiec is malignant; the published code's
-# "benign" is a slip, NOTES "Datasets of the paper").
+# "benign" is a slip: actinic keratoses are precancerous).
 HAM10000_LABELS = {"mel": 0, "bcc": 0, "akiec": 0, "nv": 1, "bkl": 1, "df": 1, "vasc": 1}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
