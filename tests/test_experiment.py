@@ -169,6 +169,35 @@ def test_rerun_after_a_crash_skips_finished_runs_with_the_same_summary(tmp_path)
     assert checkpoints[-1].is_file() and results[-1].is_file()
 
 
+def test_a_run_killed_in_the_validation_stage_continues_there(tmp_path, monkeypatch):
+    from csrs.experiment import stages
+
+    config = parse_config(TINY)
+    whole = run_experiment(config, tmp_path / "whole", quiet=True)
+    real, calls = stages.certify_in_process, []
+
+    def killed_on_the_second(*args, **kwargs):
+        calls.append(args[0].out)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "certify_in_process", killed_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, tmp_path / "cut", quiet=True)
+    monkeypatch.undo()
+    trained = {path: path.stat().st_mtime_ns for path in (tmp_path / "cut").rglob("*.pt")}
+    assert len(trained) == 3 and not (tmp_path / "cut" / "results").exists()
+    resumed = run_experiment(config, tmp_path / "cut", quiet=True)
+    assert {path: path.stat().st_mtime_ns for path in trained} == trained  # not trained again
+
+    def numbers(rows):
+        return [{k: v for k, v in row.items() if k not in ("results_files", "checkpoints")}
+                for row in rows]
+
+    assert numbers(resumed) == numbers(whole)
+
+
 def test_several_seeds_give_the_mean_and_sd_of_their_test_files(tmp_path):
     """summary.csv against the per-example files of each seed, recomputed by hand."""
     import statistics

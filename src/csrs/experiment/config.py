@@ -1,8 +1,28 @@
 """An experiment config (TOML), checked at the boundary: every unknown, missing or ill-typed key
 is one line naming it, the value and what was expected, before anything is trained.
 
-The ``[train]`` table takes the schedule settings of :class:`csrs.training_config.TrainConfig`
-(:func:`~csrs.training_config.schedule_keys`); the other tables are declared below.
+Top level: ``name``, ``description``, ``sigma`` (0.5), ``eps`` (0.5), ``seeds`` ([0]),
+``data_seed`` (0), ``device`` ("cpu"), ``amp`` (false), ``threads`` (torch's), ``launcher`` (a
+command such as "torchrun --standalone --nproc_per_node=4"; none: this process), and the tables:
+
+- ``[[settings]]``: ``dataset``, ``cost`` or ``costs`` (cost specs), ``arch``, ``data_dir``,
+  ``image_size``;
+- ``[methods.NAME]``: a method of :data:`KNOWN_METHODS` or a variant ``NAME@TAG``, with its
+  hyperparameters; a list of values is a tuning grid;
+- ``[train]``: the schedule of every run, the keys of :func:`csrs.training_config.schedule_keys`
+  (``epochs`` required; ``batch_size``, ``optimizer``, ``lr``, ``momentum``, ``weight_decay``,
+  ``milestones``, ``lr_decay``, ``warmup_epochs``);
+- ``[certify]``: the test split: ``n0``, ``n``, ``alpha``, ``bounds``, ``batch``; the examples of
+  the radii and curves (``skip``, ``max_examples``); the sequential test at eps with up to
+  ``adaptive_n`` samples on ``adaptive_skip``/``adaptive_max_examples`` (0: none); and
+  ``all_candidates`` (every candidate of a grid on the test split too);
+- ``[tuning]``: the validation split (``val_fraction``; 0: none, and no grids), its ``n0``, ``n``
+  and ``max_examples``, and the choice: ``select`` ("rob_cs" or "cert_cost") among the candidates
+  within ``max_acc_drop`` of Cohen's validation Acc (:mod:`csrs.experiment.choose`);
+- ``[zhang_evans]``: the Table 4 comparison (``costs``, ``eps``, ``kappa``, ``eps_warmup``,
+  ``arch``, ``epochs``, ``lr``, ``batch_size``).
+
+The defaults are those of the tables below.
 """
 
 from __future__ import annotations
