@@ -152,6 +152,7 @@ def test_a_config_without_epochs_is_one_line_naming_it(tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # refused before anything ran
 
 
+@pytest.mark.slow
 def test_rerun_after_a_crash_skips_finished_runs_with_the_same_summary(tmp_path):
     config = parse_config(TINY)
     first = run_experiment(config, tmp_path, quiet=True)
@@ -169,6 +170,7 @@ def test_rerun_after_a_crash_skips_finished_runs_with_the_same_summary(tmp_path)
     assert checkpoints[-1].is_file() and results[-1].is_file()
 
 
+@pytest.mark.slow
 def test_a_run_killed_in_the_validation_stage_continues_there(tmp_path, monkeypatch):
     from csrs.experiment import stages
 
