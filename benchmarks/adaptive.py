@@ -9,10 +9,10 @@ Two parts, both at alpha = 0.001, n_max = n = 100,000, for the grid eps = 0.25, 
    (p_A = Phi(R*/sigma)) and as a pairwise cost-sensitive one (Omega = {1, 2}, p_A = 0.9, the
    costly class at Phi(PhiInv(0.9) - 2 R*/sigma); below R* = 0.64, p_A = Phi(R*/sigma) and
    p_B = 1 - p_A). Beyond about R* = 1.27, R2 at n = 100,000 is capped by the upper bound on
-   a costly class never seen (for fixed n as for the grid test). Fixed n draws the 100,000 votes at once and
-   certifies as csrs does (Cohen's CERTIFY; Algorithm 1 with the sound bounds); the grid test
-   draws votes look by look and stops when every eps is decided. Per eps: the certified
-   fraction of both, the gap; and the samples per example.
+   a costly class never seen (for fixed n as for the grid test). Fixed n draws the 100,000
+   votes at once and certifies as csrs does (Cohen's CERTIFY; Algorithm 1 with the sound
+   bounds); the grid test draws votes look by look and stops when every eps is decided. Per
+   eps: the certified fraction of both, the gap; and the samples per example.
 2. **Digits models** (default: a linear model trained here in seconds; or the checkpoints
    given): ``csrs.certify.certify_dataset`` on the test split with fixed n and with the grid
    test (standard and cost-sensitive tests, as ``csrs certify --adaptive --eps ...``); per eps

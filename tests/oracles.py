@@ -3,10 +3,10 @@
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from scipy.stats import norm
 
 from csrs.sequential import Decision, SequentialTest
 from csrs.stats import certified_cost
-from scipy.stats import norm
 
 
 def run_test(test: SequentialTest, draw: Callable[[int, int], np.ndarray]) -> Decision:

@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 from scipy.special import ndtri
 
-from oracles import true_cost
-
 from csrs.stats import (
     ABSTAIN,
     certify_cost_counts,
@@ -21,6 +19,7 @@ from csrs.stats import (
     clopper_pearson_lower,
     clopper_pearson_upper,
 )
+from oracles import true_cost
 
 SIGMA = 0.5
 ALPHA = 0.1

@@ -120,6 +120,26 @@ def test_cifar10_missing_batch_names_file_and_folder(tmp_path):
         load_dataset("cifar10", tmp_path / "empty")
 
 
+@pytest.mark.parametrize("content, reason", [
+    (lambda raw: raw[:len(raw) // 2], "the file ends early (truncated)"),
+    (lambda raw: pickle.dumps([1, 2]), "it holds a list, not a dict"),
+    (lambda raw: pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}), "it has no b'labels'"),
+    (lambda raw: pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}),
+     "b'data' is uint8 of shape (2, 100), not N x 3072 uint8"),
+    (lambda raw: pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 12]}),
+     "a label is 12; CIFAR-10's are 0..9"),
+    (lambda raw: b"cos\nsystem\n(S'echo'\ntR.", "refusing to load os.system"),
+])
+def test_a_rejected_cifar10_batch_says_why(tmp_path, content, reason):
+    folder = write_cifar(tmp_path)
+    path = folder / "data_batch_3"
+    path.write_bytes(content(path.read_bytes()))
+    with pytest.raises(DataError) as error:
+        load_dataset("cifar10", tmp_path)
+    message = str(error.value)
+    assert str(path) in message and reason in message and "\n" not in message
+
+
 def test_dataset_needing_files_without_data_dir():
     with pytest.raises(DataError, match="cifar10 needs --data-dir"):
         load_dataset("cifar10")

@@ -133,7 +133,7 @@ def _train_in_process_group(rank: int, world_size: int, port: int, folder: Path)
     with distributed.process_group("cpu"):
         whole = train(_config(folder / "whole"), splits=splits, progress=False)
         train(_config(folder / "cut", epochs=1), splits=splits, progress=False)
-        resumed = train(_config(folder / "cut", resume=True), splits=splits, progress=False)
+        resumed = train(_config(folder / "cut"), splits=splits, progress=False)  # resumes
         torch.save({"whole": whole.model.state_dict(), "resumed": resumed.model.state_dict()},
                    folder / f"rank{rank}.pt")
 

@@ -25,7 +25,7 @@ def test_cli_says_so_in_one_line(tmp_path, capsys):
     assert "diverged in epoch 1" in message and "\n" not in message
 
 
-def test_a_diverged_grid_candidate_is_dropped(tmp_path):
+def test_a_diverged_grid_candidate_is_dropped_and_stays_dropped(tmp_path, monkeypatch):
     config = parse_config({
         "name": "tiny", "sigma": 0.5, "eps": 0.25, "threads": 1,
         "settings": [{"dataset": "digits", "cost": "3->5:10,8:2", "arch": "mlp"}],
@@ -39,3 +39,11 @@ def test_a_diverged_grid_candidate_is_dropped(tmp_path):
     assert "lam2=0.1" in chosen["margin-cs"]
     assert "lam2=1e+30" in (tmp_path / "diverged.csv").read_text()
     assert "## Dropped candidates" in (tmp_path / "report.md").read_text()
+    # Run again: the diverged candidate is not trained again (its marker keeps it dropped).
+    from csrs import training
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(training, "train", refuse)
+    assert run_experiment(config, tmp_path, quiet=True) == summary

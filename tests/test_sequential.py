@@ -5,8 +5,6 @@ import math
 import numpy as np
 import pytest
 
-from oracles import run_test
-
 from csrs.sequential import (
     ABSTAIN,
     FINAL_SHARE,
@@ -15,6 +13,7 @@ from csrs.sequential import (
     mixture_lower,
 )
 from csrs.stats import clopper_pearson_lower, true_cs_radius
+from oracles import run_test
 
 SIGMA = 0.5
 
@@ -246,8 +245,8 @@ def test_a_grid_of_one_point_decides_as_the_single_eps():
             rng = np.random.default_rng(seed)
             test = SequentialTest(rng.multinomial(20, p), eps=value, sigma=SIGMA, alpha=0.01,
                                   costly=costly, n_max=5000)
-            decisions.append(run_test(test, lambda start, stop: rng.multinomial(stop - start,
-                                                                                p)))
+            decisions.append(run_test(test, lambda start, stop, rng=rng:
+                                      rng.multinomial(stop - start, p)))
         single, grid = decisions
         assert (single.certified, single.stopped, single.samples) == \
             (grid.certified[0], grid.stopped[0], grid.samples)

@@ -71,7 +71,8 @@ def test_checkpoint_carries_everything_to_rebuild_the_model(tmp_path, small_digi
         assert torch.equal(checkpoint.build_model()(x), result.model.eval()(x))
 
 
-def test_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(tmp_path, small_digits):
+def test_training_again_resumes_and_ends_bitwise_equal_to_an_uninterrupted_run(
+        tmp_path, small_digits):
     full = train(config(tmp_path / "full"), splits=small_digits, progress=False)
 
     def interrupt(metrics):
@@ -81,35 +82,51 @@ def test_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(tmp_path, small_
     with pytest.raises(KeyboardInterrupt):
         train(cut, splits=small_digits, progress=False, log=interrupt)
     assert load_checkpoint(cut.out).meta["epoch"] == 1
-    resumed = train(dataclasses.replace(cut, resume=True), splits=small_digits, progress=False)
-    assert resumed.epochs == 2 and len(resumed.history) == 2
+    resumed = train(cut, splits=small_digits, progress=False)  # the same config, once more
+    assert (resumed.start_epoch, resumed.epochs, len(resumed.history)) == (1, 2, 2)
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     assert [h["lr"] for h in resumed.history] == [h["lr"] for h in full.history]
+    again = train(cut, splits=small_digits, progress=False)  # finished: nothing to train
+    assert again.start_epoch == again.epochs == 2
+    assert load_checkpoint(cut.out).meta["epoch"] == 2
+
+
+def test_a_checkpoint_never_goes_back_to_an_earlier_epoch_unless_restarted(
+        tmp_path, small_digits):
+    cfg = config(tmp_path)
+    first = train(cfg, splits=small_digits, progress=False)
+    with pytest.raises(ValueError, match="holds epoch 2 and 1 epochs were asked for"):
+        train(dataclasses.replace(cfg, epochs=1), splits=small_digits, progress=False)
+    assert load_checkpoint(cfg.out).meta["epoch"] == 2
+    redone = train(dataclasses.replace(cfg, restart=True), splits=small_digits, progress=False)
+    assert redone.start_epoch == 0 and len(redone.history) == 2
+    for key, value in first.model.state_dict().items():  # from scratch: the same weights again
+        assert torch.equal(value, redone.model.state_dict()[key]), key
+    short = train(dataclasses.replace(cfg, epochs=1, restart=True), splits=small_digits,
+                  progress=False)
+    assert short.start_epoch == 0 and load_checkpoint(cfg.out).meta["epoch"] == 1
 
 
 def test_a_run_extended_by_resume_matches_one_with_that_many_epochs(tmp_path, small_digits):
     full = train(config(tmp_path / "full", milestones=(1,)), splits=small_digits, progress=False)
     short = config(tmp_path / "short", epochs=1, milestones=(1,))
     train(short, splits=small_digits, progress=False)
-    extended = train(dataclasses.replace(short, epochs=2, resume=True), splits=small_digits,
-                     progress=False)
+    extended = train(dataclasses.replace(short, epochs=2), splits=small_digits, progress=False)
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, extended.model.state_dict()[key]), key
     # Extended under the default schedule, the new epochs follow the schedule of the new length.
     once = config(tmp_path / "once", epochs=1)
     train(once, splits=small_digits, progress=False)
-    thrice = train(dataclasses.replace(once, epochs=3, resume=True), splits=small_digits,
-                   progress=False)
+    thrice = train(dataclasses.replace(once, epochs=3), splits=small_digits, progress=False)
     assert default_milestones(3) == (1, 3)
     assert [h["lr"] for h in thrice.history[1:]] == pytest.approx([1e-3, 1e-3])
 
 
-def test_resume_refuses_a_different_config_and_starts_fresh_without_checkpoint(
-        tmp_path, small_digits):
-    cfg = config(tmp_path, epochs=1, resume=True)
+def test_resuming_refuses_a_checkpoint_of_other_settings(tmp_path, small_digits):
+    cfg = config(tmp_path, epochs=1)
     assert train(cfg, splits=small_digits, progress=False).epochs == 1
-    with pytest.raises(ValueError, match="sigma is 0.25.*0.5"):
+    with pytest.raises(ValueError, match="sigma is 0.25.*0.5.*--restart"):
         train(dataclasses.replace(cfg, sigma=0.5), splits=small_digits, progress=False)
     with pytest.raises(ValueError, match="cost is '3->5,8'"):
         train(dataclasses.replace(cfg, cost="3"), splits=small_digits, progress=False)

@@ -16,6 +16,8 @@ A checkpoint is a plain dict of tensors, numbers, strings and lists, so that
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,15 +110,62 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any],
 
 def read_weights_only(path: Path, error: type[Exception], problem: str) -> Any:
     """Return ``torch.load(path, weights_only=True)`` on the CPU; any failure to read the file
-    raises ``error`` with one line: "'path' <problem> (<torch's first line>)"."""
+    raises ``error`` with one line: "'path' <problem>: <why>", the why in csrs's words (a
+    truncated or corrupt file, objects that weights-only loading refuses, not a torch file)."""
+    damage = _damage(path)
+    if damage is not None:
+        raise error(f"'{path}' {problem}: {damage}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as failure:  # noqa: BLE001 - any failure to parse means "not readable"
         # torch.load raises many kinds of errors on foreign bytes (UnpicklingError, RuntimeError,
-        # IndexError from the weights-only unpickler, ...): all mean the same thing to a user.
-        text = str(failure).strip()
-        reason = text.splitlines()[0] if text else type(failure).__name__
-        raise error(f"'{path}' {problem} ({reason[:160]})") from None
+        # KeyError, IndexError from the weights-only unpickler, ...); say what they mean.
+        raise error(f"'{path}' {problem}: {_why(path, failure)}") from None
+
+
+# torch.save writes a zip archive; torch.save before torch 1.6 (the field's older published
+# checkpoints) a bare pickle, which starts with the PROTO opcode.
+_ZIP_MAGIC, _PICKLE_MAGIC = b"PK\x03\x04", b"\x80"
+
+
+def _damage(path: Path) -> str | None:
+    """Why the file is damaged, where its container shows it before torch reads it: empty, a
+    zip archive cut short, or an entry whose CRC fails (torch itself never checks them, so a
+    flipped byte in the weights would load silently); None otherwise."""
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    with open(path, "rb") as handle:
+        head = handle.read(len(_ZIP_MAGIC))
+    if head != _ZIP_MAGIC:
+        return None
+    if not zipfile.is_zipfile(path):
+        return (f"the file is truncated ({size} bytes, a zip archive without its end); copy or "
+                f"write it again")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as failure:
+        return f"the file is corrupt (its zip archive cannot be read: {failure})"
+    if broken is not None:
+        return f"the file is corrupt (entry '{broken}' fails its checksum); copy or write it again"
+    return None
+
+
+def _why(path: Path, failure: Exception) -> str:
+    """What a failed torch.load of an undamaged-looking file means, in one sentence."""
+    with open(path, "rb") as handle:
+        head = handle.read(len(_ZIP_MAGIC))
+    if head != _ZIP_MAGIC and not head.startswith(_PICKLE_MAGIC):
+        return f"it is not a torch file (it starts with {head!r})"
+    if isinstance(failure, pickle.UnpicklingError) and "weights only" in str(failure).lower():
+        return ("it holds Python objects besides tensors and plain containers, which "
+                "weights-only loading refuses since they could run code")
+    if head.startswith(_PICKLE_MAGIC):
+        return ("the file is truncated or corrupt (an old-format torch file that ends early or "
+                "holds damaged bytes)")
+    first = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
+    return f"torch cannot read its archive ({first.split('. ')[0].rstrip('.')})"
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -377,75 +377,53 @@ _METHOD_FLAGS = [
 ]
 
 
-def _milestones(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected epochs like '200,400', got '{text}'") from None
-    if any(value < 0 for value in values):
-        raise argparse.ArgumentTypeError(f"milestones must be >= 0, got '{text}'")
-    return values
+def _kind_type(kind: Any) -> Callable[[str], Any]:
+    """Return an argparse type that reads a :class:`csrs.schema.Kind` from a word."""
+    def parse(text: str) -> Any:
+        try:
+            return kind.from_text(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return parse
+
+
+def _default_text(default: Any) -> str:
+    if default is False:
+        return "off"
+    return ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
+    from dataclasses import MISSING
+
+    from csrs.schema import BOOL
+    from csrs.training_config import train_options
+
     parser = commands.add_parser(
         "train", help="train a base classifier for a smoothed classifier",
         description="Train a base classifier under Gaussian noise with one of the methods "
                     "cohen, cohen-r, macer, csrs (the paper's Eq. 2), margin-cs (the 2025 "
                     "version's objective), smoothadv or smoothadv-cs (adversarial training of "
                     "the smoothed classifier), or zhang-evans (convex bounds, no noise). "
-                    "Defaults follow MACER's published CIFAR-10 schedule (SGD lr 0.01, "
-                    "momentum 0.9, weight decay 5e-4, batch 64, lr x0.1 at 200/440 and 400/440 "
-                    "of the epochs); zhang-evans follows Wong & Kolter (Adam lr 1e-3, batch 50, "
-                    "lr halved every 10 epochs after the eps warm-up). The checkpoint carries "
-                    "everything 'csrs certify' needs.")
-    parser.add_argument("--dataset", required=True, help="digits, breast-cancer, cifar10, "
-                        "imagenette, ham10000, folder or npz")
-    parser.add_argument("--method", required=True,
-                        help="cohen, cohen-r, macer, csrs, margin-cs, smoothadv, smoothadv-cs "
-                             "or zhang-evans")
-    parser.add_argument("--sigma", type=_positive_float, default=None,
-                        help="noise level (required, except for zhang-evans, which adds no "
-                             "noise; there it only sets the sigma of a later smoothed "
-                             "certification, default 0.5)")
-    parser.add_argument("--epochs", type=_positive_int, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
-    parser.add_argument("--cost", help="cost spec, e.g. '3', '3->5,8', 'malignant->benign' "
-                        "(default: the dataset's)")
-    parser.add_argument("--arch", help="architecture (default: the dataset's)")
-    parser.add_argument("--data-dir", help="directory of the dataset files")
-    parser.add_argument("--image-size", type=_positive_int,
-                        help="image side for imagenette, ham10000 and folder data")
-    parser.add_argument("--batch-size", type=_positive_int, default=None,
-                        help="global batch (default 64; zhang-evans 50); under torchrun each of "
-                             "the N processes takes batch-size / N examples of it")
-    parser.add_argument("--optimizer", choices=("sgd", "adam"), default=None,
-                        help="default sgd; adam for zhang-evans")
-    parser.add_argument("--lr", type=_positive_float, default=None,
-                        help="learning rate (default: sgd 0.01, adam 1e-3)")
-    parser.add_argument("--momentum", type=_nonnegative_float, default=0.9,
-                        help="SGD momentum (default 0.9)")
-    parser.add_argument("--weight-decay", type=_nonnegative_float, default=None,
-                        help="default: sgd 5e-4, adam 0")
-    parser.add_argument("--milestones", type=_milestones, default=None,
-                        help="epochs at which the lr is multiplied by --lr-decay, e.g. '200,400' "
-                             "(default: 200/440 and 400/440 of the epochs; zhang-evans every 10 "
-                             "epochs after the eps warm-up)")
-    parser.add_argument("--lr-decay", type=_positive_float, default=None,
-                        help="default 0.1; zhang-evans 0.5")
-    parser.add_argument("--warmup-epochs", type=int, default=0,
-                        help="train the first epochs with the robustness weights lambda at 0 "
-                             "(macer, csrs, margin-cs; default 0)")
-    parser.add_argument("--val-fraction", type=_nonnegative_float, default=0.0,
-                        help="hold out this stratified fraction of the training split")
-    parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    parser.add_argument("--data-seed", type=int, default=0,
-                        help="seed of the train/test and validation splits (default 0)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+                    "Defaults follow MACER's published CIFAR-10 schedule; zhang-evans follows "
+                    "Wong & Kolter. The checkpoint carries everything 'csrs certify' needs. "
+                    "Re-running the same command resumes from the checkpoint at --out (a "
+                    "finished one is left as it is); --restart trains from scratch over it.")
+    for name, option, default in train_options():
+        flag = "--" + name.replace("_", "-")
+        if option.kind is BOOL:
+            parser.add_argument(flag, action="store_true",
+                                help=f"{option.help} (default: {_default_text(default)})")
+            continue
+        shown = option.default_text or ("required" if default is MISSING
+                                        else f"default: {_default_text(default)}")
+        parser.add_argument(flag, type=_kind_type(option.kind), required=default is MISSING,
+                            default=None if default is MISSING else default,
+                            metavar=name.upper(), help=f"{option.help} ({shown})")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run whose checkpoint is at --out")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+                        help="accepted for old scripts: re-running resumes anyway (default: "
+                             "resume)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
     group = parser.add_argument_group("method hyperparameters (paper symbol, default)")
     for flag, _, kind, text in _METHOD_FLAGS:
         group.add_argument(flag, type=kind, default=None, help=text)
@@ -455,37 +433,38 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from csrs.distributed import process_group
     from csrs.training import TrainConfig, train
+    from csrs.training_config import train_options
 
+    if args.resume and args.restart:
+        return _fail("csrs train: --resume and --restart contradict each other (re-running "
+                     "resumes by default; --restart alone trains from scratch)")
     hparams = {name: getattr(args, name) for _, name, _, _ in _METHOD_FLAGS
                if getattr(args, name) is not None}
-    if args.sigma is None and args.method != "zhang-evans":
-        return _fail(f"csrs train: --sigma is required for method '{args.method}'")
-    data_options = {"image_size": args.image_size} if args.image_size else {}
+    settings = {name: getattr(args, name) for name, _, _ in train_options()}
     # Under torchrun every process runs this (DistributedDataParallel); rank 0 saves and prints.
     with process_group(args.device) as context:
-        config = TrainConfig(
-            dataset=args.dataset, method=args.method, sigma=args.sigma or 0.5,
-            epochs=args.epochs, out=args.out, cost=args.cost, arch=args.arch,
-            data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr,
-            momentum=args.momentum, weight_decay=args.weight_decay, milestones=args.milestones,
-            lr_decay=args.lr_decay, seed=args.seed, device=context.device, amp=args.amp,
-            resume=args.resume, hparams=hparams, val_fraction=args.val_fraction,
-            data_options=data_options, data_seed=args.data_seed,
-            warmup_epochs=args.warmup_epochs, optimizer=args.optimizer)
+        config = TrainConfig(**{**settings, "device": context.device}, hparams=hparams)
         result = train(config, progress=not args.quiet)
         if not context.is_main:
             return 0
+    if result.start_epoch == result.epochs:
+        print(f"'{result.path}' is already trained: epoch {result.epochs} of {result.epochs}; "
+              f"nothing to do (--restart trains it again from scratch). "
+              f"Next: csrs certify {result.path} --out results.tsv")
+        return 0
     last = result.history[-1] if result.history else {}
     kind = "clean" if args.method == "zhang-evans" else "noisy"
-    print(f"trained {args.method} on {args.dataset} for {result.epochs} epochs -> {result.path}"
-          + (f"; {kind} train accuracy {last['acc']:.3f}" if "acc" in last else "")
+    resumed = f" (resumed from epoch {result.start_epoch})" if result.start_epoch else ""
+    print(f"trained {args.method} on {args.dataset} for {result.epochs} epochs{resumed} -> "
+          f"{result.path}" + (f"; {kind} train accuracy {last['acc']:.3f}" if "acc" in last else "")
           + f". Next: csrs certify {result.path} --out results.tsv")
     return 0
 
 
 # -- experiments ------------------------------------------------------------------------------
 def _print_summary(summary: list[dict]) -> None:
-    from csrs.report import METHOD_LABELS, markdown_table, metric_columns
+    from csrs.experiment.verdict import METHOD_LABELS
+    from csrs.report import markdown_table, metric_columns
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in summary:
@@ -493,7 +472,9 @@ def _print_summary(summary: list[dict]) -> None:
     for (dataset, cost), rows in groups.items():
         shown = [{**row, "method": METHOD_LABELS.get(row["method"], row["method"])}
                  for row in rows]
-        print(f"\n{dataset}, cost '{cost}'")
+        seeds = max(int(row["seeds"]) for row in rows)
+        print(f"\n{dataset}, cost '{cost}'" + (f" (mean over {seeds} seeds)" if seeds > 1
+                                               else ""))
         metrics = metric_columns(rows)
         print(markdown_table(shown, ["method", *metrics],
                              bold_best=[m for m in metrics if m not in ("recall", "precision")]))
@@ -507,8 +488,9 @@ def _add_experiment(commands: argparse._SubParsersAction) -> None:
                     "summary.csv, report.md and plots. Re-running continues where it stopped.")
     parser.add_argument("config", type=Path, help="experiment TOML file")
     parser.add_argument("--out", type=Path, default=None,
-                        help="output directory (default: results/<config name>)")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
+                        help="output directory (default: results/<config file name>)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress output (default: off)")
     parser.set_defaults(run=_run_experiment)
 
 
@@ -524,17 +506,18 @@ def _run_experiment(args: argparse.Namespace) -> int:
 
 
 def _add_demo(commands: argparse._SubParsersAction) -> None:
+    from csrs.experiment import demo_summary
+
     parser = commands.add_parser(
-        "demo", help="the embedded default: all four methods on bundled data",
-        description="Train Cohen, Cohen-R, MACER and CS-RS on the bundled digits (costs '3' and "
-                    "'3->5,8') and breast cancer ('malignant->benign') data, certify the test "
-                    "splits at sigma = eps = 0.5, and write summary.csv, report.md and plots.")
+        "demo", help="the embedded default experiment on bundled data",
+        description=demo_summary())
     parser.add_argument("--out", type=Path, default=Path("demo-results"),
-                        help="output directory (default demo-results/)")
+                        help="output directory (default: demo-results/)")
     parser.add_argument("--quick", action="store_true",
                         help="a tiny budget (1 epoch, few samples and examples): checks the "
-                             "pipeline in seconds; its numbers mean nothing")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
+                             "pipeline in seconds; its numbers mean nothing (default: off)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress output (default: off)")
     parser.set_defaults(run=_run_demo)
 
 

@@ -6,9 +6,9 @@ models), two bundled offline sets (scikit-learn's digits and breast cancer) and 
 
 Inputs stay in [0, 1]: Gaussian noise is added in these units, and the ``mean``/``std`` of
 :class:`DatasetSplits` belong to the model's first layer; they are never applied here, so radii are
-in pixel units (NOTES, "Conventions of the field"). The paper's datasets cannot be downloaded by
-this library: their loaders read the official layouts from a directory the user names and raise
-:class:`DataError` saying which files are expected where.
+in pixel units, as the field reports them since Cohen et al. The paper's datasets cannot be
+downloaded by this library: their loaders read the official layouts from a directory the user
+names and raise :class:`DataError` saying which files are expected where.
 
 A new dataset is one loader ``(data_dir, *, seed, **options) -> DatasetSplits`` and one line in
 :data:`DATASETS`.
@@ -59,7 +59,7 @@ IMAGENETTE_NAMES = {
     "n03888605": "parachute",
 }
 # HAM10000's diagnoses as the paper's binary task (akiec is malignant; the published code's
-# "benign" is a slip, NOTES "Datasets of the paper").
+# "benign" is a slip: actinic keratoses are precancerous).
 HAM10000_LABELS = {"mel": 0, "bcc": 0, "akiec": 0, "nv": 1, "bkl": 1, "df": 1, "vasc": 1}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -380,17 +380,40 @@ def _unpickle(path: Path) -> object:
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (images uint8 (N, 3, 32, 32), labels) of one pickled CIFAR-10 python batch."""
+    """Returns (images uint8 (N, 3, 32, 32), labels) of one pickled CIFAR-10 python batch; a
+    file that is not one raises DataError saying why."""
+    def refuse(reason: str) -> DataError:
+        return DataError(f"cifar10: {path} is not a CIFAR-10 python batch (a pickled dict with "
+                         f"b'data', N x 3072 uint8, and b'labels'): {reason}")
+
     try:
         batch = _unpickle(path)
-        images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    except (EOFError, pickle.UnpicklingError) as error:
+        if isinstance(error, EOFError) or "truncated" in str(error):
+            raise refuse("the file ends early (truncated)") from None
+        raise refuse(f"it cannot be unpickled ({str(error).strip() or 'damaged bytes'})") \
+            from None
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
+        raise refuse(f"it cannot be unpickled ({type(error).__name__}: {error})") from None
+    if not isinstance(batch, dict):
+        raise refuse(f"it holds a {type(batch).__name__}, not a dict")
+    missing = [key for key in (b"data", b"labels") if key not in batch]
+    if missing:
+        raise refuse(f"it has no {missing[0]!r} (its keys: "
+                     f"{', '.join(repr(key) for key in batch) or 'none'})")
+    data = np.asarray(batch[b"data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise refuse(f"b'data' is {data.dtype} of shape {data.shape}, not N x 3072 uint8")
+    try:
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError):
-        raise DataError(f"cifar10: {path} is not a CIFAR-10 python batch (a pickled dict with "
-                        f"b'data', N x 3072 uint8, and b'labels')") from None
-    if len(images) != len(labels):
-        raise DataError(f"cifar10: {path} has {len(images)} images but {len(labels)} labels")
-    return images, labels
+    except (TypeError, ValueError):
+        raise refuse("b'labels' is not a list of integers") from None
+    if labels.ndim != 1 or len(data) != len(labels):
+        raise DataError(f"cifar10: {path} has {len(data)} images but {labels.size} labels")
+    outside = labels[(labels < 0) | (labels >= len(CIFAR10_CLASSES))]
+    if outside.size:
+        raise refuse(f"a label is {int(outside[0])}; CIFAR-10's are 0..9")
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def load_cifar10(data_dir: Path | None, *, seed: int = 0) -> DatasetSplits:

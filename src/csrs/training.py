@@ -1,18 +1,18 @@
 """One training loop for every method of :data:`csrs.objectives.OBJECTIVES`.
 
-By default SGD with momentum and a step schedule, as MACER publishes it for CIFAR-10 (440 epochs,
-batch 64, lr 0.01, momentum 0.9, weight decay 5e-4, lr x0.1 at epochs 200 and 400), the schedule
-scaled to the number of epochs. A method whose authors train otherwise names its own defaults in
-:data:`METHOD_TRAINING`: Zhang & Evans follow Wong & Kolter (Adam, lr 1e-3, batch 50, lr halved
-every 10 epochs after the eps warm-up). Settings left None in :class:`TrainConfig` take the
-method's defaults; settings given are used as they are.
+What a run depends on is :class:`csrs.training_config.TrainConfig` (its defaults: MACER's
+published CIFAR-10 schedule, or the method's own in :data:`METHOD_TRAINING`).
 
 Schedules of the method's hyperparameters: for the first ``warmup_epochs`` epochs every
 robustness weight (:data:`csrs.objectives.ROBUSTNESS_WEIGHTS`) is 0, and a method with
 ``eps_warmup`` trains at eps * min(1, (epoch + 1) / eps_warmup), the per-epoch linear ramp of
-Wong & Kolter and of Salman et al. A checkpoint (:mod:`csrs.checkpoint`) is written atomically at
-the end of every epoch with everything ``--resume`` needs: optimizer, scheduler and generator
-states, so that an interrupted run resumed on CPU ends with bitwise the same weights.
+Wong & Kolter and of Salman et al.
+
+A checkpoint (:mod:`csrs.checkpoint`) is written atomically at the end of every epoch with
+everything a resumed run needs: optimizer, scheduler and generator states. Training the same
+config again resumes from it (an interrupted run resumed on CPU ends with bitwise the same
+weights as an uninterrupted one); a finished run is not trained again, a checkpoint is never
+taken back to an earlier epoch, and ``restart`` is the one way to train over it from scratch.
 
 Randomness is explicit: the model is initialised after ``torch.manual_seed(seed)``; one CPU
 generator shuffles and augments, one generator on the device draws the noise, both seeded from
@@ -23,7 +23,7 @@ Under ``torchrun`` (:mod:`csrs.distributed`) the model is wrapped in Distributed
 ``batch_size / world_size`` examples, so the averaged gradient is that of the whole batch. The
 shuffle generator draws the same order on every process; each process draws noise (and
 augmentation) from its own generator, seeded with (seed, rank). Rank 0 writes the checkpoints,
-in the same format; every process reads them on ``--resume``. A run is deterministic for a fixed
+in the same format; every process reads them to resume. A run is deterministic for a fixed
 number of processes.
 """
 
@@ -33,7 +33,7 @@ import math
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,113 +43,44 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from csrs import distributed
-from csrs.checkpoint import load_checkpoint, save_checkpoint
-from csrs.convex import check_convex_supported
+from csrs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from csrs.costs import CostMatrix
 from csrs.models import ARCHITECTURES, build_model
 from csrs.objectives import OBJECTIVES, ROBUSTNESS_WEIGHTS, LossParts, resolve_hparams
 from csrs.progress import progress as progress_bar
+from csrs.progress import write
 from csrs.rng import keyed_generator, reseed
+from csrs.training_config import (
+    METHOD_TRAINING,
+    OPTIMIZERS,
+    TrainConfig,
+    check_train_config,
+    default_milestones,
+    training_defaults,
+)
 
 __all__ = ["METHOD_TRAINING", "OPTIMIZERS", "TrainConfig", "TrainResult", "TrainingDiverged",
            "default_milestones", "epoch_hparams", "train", "training_defaults"]
 
-# The optimisers, with their defaults where neither the method nor the config sets them.
-OPTIMIZERS: dict[str, dict[str, float]] = {
-    "sgd": {"lr": 0.01, "weight_decay": 5e-4},
-    "adam": {"lr": 1e-3, "weight_decay": 0.0},
-}
-# Training settings of the methods whose authors publish their own; the others train as MACER.
-_MACER_TRAINING = {"optimizer": "sgd", "batch_size": 64, "lr_decay": 0.1}
-METHOD_TRAINING: dict[str, dict[str, Any]] = {
-    # Wong & Kolter (2018) and Zhang & Evans (2019): Adam, lr 1e-3, batch 50; lr halved every
-    # 10 epochs once the eps warm-up is over (the milestones: :func:`_default_schedule`).
-    "zhang-evans": {"optimizer": "adam", "batch_size": 50, "lr_decay": 0.5},
-}
-
 # The parts of LossParts averaged per epoch, and their short names on the progress bar.
 _METRICS = {"loss": "total", "cls": "classification", "rob_n": "robust_normal",
             "rob_s": "robust_sensitive", "acc": "accuracy"}
-# Settings that change what a checkpoint means; --resume refuses a config that differs in one.
+# Settings that change what a checkpoint means; resuming refuses a config that differs in one.
 _RESUME_FIELDS = ("method", "dataset", "data_options", "arch", "sigma", "seed", "data_seed",
                   "cost_matrix", "hparams")
 
 
 @dataclass
-class TrainConfig:
-    """Everything one training run depends on.
-
-    ``out`` is the checkpoint file. ``cost`` and ``arch`` default to the dataset's.
-    ``optimizer`` ("sgd" or "adam"), ``batch_size``, ``lr``, ``weight_decay`` and ``lr_decay``
-    left None are filled in from the method's defaults when the config is made
-    (:func:`training_defaults`); ``momentum`` is SGD's only. ``milestones`` are the epochs
-    (counted from 0) from which the lr is multiplied once more by ``lr_decay``; ``None`` scales
-    MACER's schedule (:func:`default_milestones`), or for zhang-evans halves the lr every 10
-    epochs after the eps warm-up. ``hparams`` override the
-    method's :data:`~csrs.objectives.METHOD_DEFAULTS`. ``val_fraction`` holds out a stratified
-    part of the training split for tuning: it is never trained on, and
-    ``validation_split(splits.train, None, val_fraction, seed)`` gives it back. ``amp`` runs the
-    forward pass under bfloat16 autocast. Without ``resume`` a checkpoint at ``out`` is
-    overwritten; with it, training continues from that checkpoint (refused if it was trained with
-    other settings; a larger ``epochs`` extends the run), or starts fresh when there is none.
-    Resumed on another device type, the noise generator is re-seeded, since generator states do
-    not carry across devices.
-    """
-
-    dataset: str
-    method: str
-    sigma: float
-    epochs: int
-    out: Path
-    cost: str | None = None
-    arch: str | None = None
-    data_dir: str | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float | None = None
-    milestones: tuple[int, ...] | None = None
-    lr_decay: float | None = None
-    seed: int = 0
-    device: str = "cpu"
-    amp: bool = False
-    resume: bool = False
-    hparams: dict[str, Any] = field(default_factory=dict)
-    val_fraction: float = 0.0
-    data_options: dict[str, Any] = field(default_factory=dict)
-    data_seed: int = 0
-    warmup_epochs: int = 0
-    optimizer: str | None = None
-
-    def __post_init__(self) -> None:
-        for key, value in training_defaults(self.method, self.optimizer).items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
-
-
-def training_defaults(method: str, optimizer: str | None = None) -> dict[str, Any]:
-    """Returns the method's default optimizer, batch_size, lr, weight_decay and lr_decay; with
-    ``optimizer`` given, that optimizer's lr and weight decay (:data:`OPTIMIZERS`)."""
-    defaults = {**_MACER_TRAINING, **METHOD_TRAINING.get(method, {})}
-    if optimizer is not None:
-        defaults["optimizer"] = optimizer
-    return {**defaults, **OPTIMIZERS.get(defaults["optimizer"], {})}
-
-
-@dataclass
 class TrainResult:
-    """The checkpoint written, the epochs completed, the trained model (train mode) and, per
-    epoch, the loss parts and noisy accuracy averaged over examples and the seconds it took."""
+    """The checkpoint written, the epochs completed, the trained model (train mode), per epoch
+    the loss parts and noisy accuracy averaged over examples and the seconds it took, and the
+    epoch this call started from (0: from scratch; ``epochs``: it was already finished)."""
 
     path: Path
     epochs: int
     model: nn.Module
     history: list[dict[str, float]]
-
-
-def default_milestones(epochs: int) -> tuple[int, ...]:
-    """Returns MACER's lr milestones (200 and 400 of 440 epochs) scaled to ``epochs``."""
-    return round(epochs * 200 / 440), round(epochs * 400 / 440)
+    start_epoch: int = 0
 
 
 def _milestones(config: TrainConfig, hparams: dict[str, Any]) -> tuple[int, ...]:
@@ -180,32 +111,10 @@ def epoch_hparams(hparams: dict[str, Any], epoch: int, warmup_epochs: int) -> di
 def _check_config(config: TrainConfig) -> dict[str, Any]:
     """Raises ValueError naming the first bad setting; returns the method's hyperparameters."""
     hparams = resolve_hparams(config.method, config.hparams)
-    if config.optimizer not in OPTIMIZERS:  # before the checks below, which need its defaults
-        raise ValueError(f"unknown optimizer '{config.optimizer}'; choose from: "
-                         f"{', '.join(OPTIMIZERS)}")
-    checks = [
-        (config.sigma > 0, f"sigma must be positive; got {config.sigma!r}"),
-        (isinstance(config.epochs, int) and config.epochs >= 1,
-         f"epochs must be an integer >= 1; got {config.epochs!r}"),
-        (isinstance(config.batch_size, int) and config.batch_size >= 1,
-         f"batch_size must be an integer >= 1; got {config.batch_size!r}"),
-        (config.lr > 0, f"lr must be positive; got {config.lr!r}"),
-        (config.momentum >= 0, f"momentum must be >= 0; got {config.momentum!r}"),
-        (config.weight_decay >= 0, f"weight_decay must be >= 0; got {config.weight_decay!r}"),
-        (config.lr_decay > 0, f"lr_decay must be positive; got {config.lr_decay!r}"),
-        (isinstance(config.warmup_epochs, int) and config.warmup_epochs >= 0,
-         f"warmup_epochs must be an integer >= 0; got {config.warmup_epochs!r}"),
-        (0 <= config.val_fraction < 1, f"val_fraction must be in [0, 1); got "
-                                       f"{config.val_fraction!r}"),
-        (config.milestones is None or all(isinstance(m, int) and m >= 0
-                                          for m in config.milestones),
-         f"milestones must be epochs (integers >= 0); got {config.milestones!r}"),
-        (config.arch is None or config.arch in ARCHITECTURES,
-         f"unknown architecture '{config.arch}'; choose from: {', '.join(sorted(ARCHITECTURES))}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    check_train_config(config)
+    if config.arch is not None and config.arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture '{config.arch}'; choose from: "
+                         f"{', '.join(sorted(ARCHITECTURES))}")
     try:
         device = torch.device(config.device)
     except RuntimeError:
@@ -273,13 +182,15 @@ def _meta(config: TrainConfig, splits: Any, arch: str, cost: CostMatrix, cost_sp
     }
 
 
-def _check_resumable(saved: dict[str, Any], meta: dict[str, Any], path: Path) -> None:
-    """Raises ValueError naming the first setting in which ``meta`` differs from the checkpoint."""
+def _check_resumable(checkpoint: Checkpoint, meta: dict[str, Any], epochs: int) -> None:
+    """Raises ValueError naming the first setting in which ``meta`` differs from the
+    checkpoint's, or why the checkpoint cannot be continued to ``epochs``."""
+    saved, path = checkpoint.meta, checkpoint.path
     for key in _RESUME_FIELDS:
         old, new = saved.get(key), meta[key]
         if key == "hparams":
-            # The schedule may differ when --epochs is raised to extend a run; checkpoints from
-            # before the optimizer was a setting were trained with SGD.
+            # The schedule may differ when the epochs are raised to extend a run; checkpoints
+            # from before the optimizer was a setting were trained with SGD.
             old = {"optimizer": "sgd", **{k: v for k, v in (old or {}).items()
                                           if k != "milestones"}}
             new = {k: v for k, v in new.items() if k != "milestones"}
@@ -287,7 +198,16 @@ def _check_resumable(saved: dict[str, Any], meta: dict[str, Any], path: Path) ->
             shown = (saved.get("cost_spec"), meta["cost_spec"]) if key == "cost_matrix" \
                 else (old, new)
             raise ValueError(f"cannot resume from '{path}': its {key.replace('_matrix', '')} is "
-                             f"{shown[0]!r}, the config's is {shown[1]!r}")
+                             f"{shown[0]!r}, the config's is {shown[1]!r} (use another --out, "
+                             f"or --restart to train over it)")
+    if "optimizer" not in checkpoint.training:
+        raise ValueError(f"cannot resume from '{path}': it holds no training state (not "
+                         f"written by csrs train); use another --out, or --restart to train "
+                         f"over it")
+    if int(saved["epoch"]) > epochs:
+        raise ValueError(f"'{path}' holds epoch {saved['epoch']} and {epochs} epochs were asked "
+                         f"for: a checkpoint is never taken back to an earlier epoch (ask for at "
+                         f"least {saved['epoch']}, or --restart to train from scratch)")
 
 
 def _run_epoch(model: nn.Module, batches: Any, objective: Callable[..., LossParts],
@@ -385,6 +305,8 @@ def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
     model = build_model(arch, num_classes=splits.num_classes, input_shape=splits.input_shape,
                         mean=splits.mean, std=splits.std)
     if config.method == "zhang-evans":
+        from csrs.convex import check_convex_supported
+
         check_convex_supported(model, tuple(splits.input_shape))
     model = _prepare_model(model, device)
     plain = getattr(model, "module", model)  # DistributedDataParallel wraps the model it trains
@@ -409,28 +331,23 @@ def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
     out = Path(config.out)
 
     start, history = 0, []
-    if config.resume and out.is_file():
+    if out.is_file() and not config.restart:
         checkpoint = load_checkpoint(out)
-        _check_resumable(checkpoint.meta, _meta(config, splits, arch, cost, cost_spec, hparams,
-                                                0), out)
-        state = checkpoint.training
-        if "optimizer" not in state:
-            raise ValueError(f"cannot resume from '{out}': it holds no training state (not "
-                             f"written by csrs.training.train)")
-        plain.load_state_dict(checkpoint.model_state)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, history = int(checkpoint.meta["epoch"]), list(state["history"])
-        shuffle_generator.set_state(state["shuffle_generator"])
-        torch.set_rng_state(state["torch_rng"])
-        noise_states = state.get("noise_generators", [state["noise_generator"]])
-        if state["device_type"] == device.type and len(noise_states) == context.world_size:
+        _check_resumable(checkpoint, _meta(config, splits, arch, cost, cost_spec, hparams, 0),
+                         config.epochs)
+        start, history = _restore(checkpoint, plain, optimizer, scheduler, shuffle_generator)
+        noise_states = checkpoint.training.get("noise_generators",
+                                               [checkpoint.training["noise_generator"]])
+        if (checkpoint.training["device_type"] == device.type
+                and len(noise_states) == context.world_size):
             noise_generator.set_state(noise_states[context.rank])
         else:  # generator states carry neither across device types nor to another world size
             reseed(noise_generator, noise_seed + start)
-        # A run extended with a larger --epochs follows the new schedule from here on.
+        # A run extended with a larger epochs follows the new schedule from here on.
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lr_factor(start)
+        if progress and context.is_main and start < config.epochs:
+            write(f"resuming '{out}' from epoch {start} of {config.epochs}")
 
     for epoch in range(start, config.epochs):
         began = time.perf_counter()
@@ -462,5 +379,19 @@ def train(config: TrainConfig, *, splits: Any = None, progress: bool = True,
         distributed.barrier()  # no process goes on (or returns) before the checkpoint exists
         if log is not None and context.is_main:
             log(metrics)
-    return TrainResult(path=out, epochs=max(start, config.epochs), model=plain, history=history)
+    return TrainResult(path=out, epochs=config.epochs, model=plain, history=history,
+                       start_epoch=start)
+
+
+def _restore(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: Any, shuffle_generator: torch.Generator) -> tuple[int, list[dict]]:
+    """Loads the weights, optimizer, scheduler and CPU generator states of a checkpoint that
+    :func:`_check_resumable` accepted; returns its epoch and history."""
+    state = checkpoint.training
+    model.load_state_dict(checkpoint.model_state)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    shuffle_generator.set_state(state["shuffle_generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(checkpoint.meta["epoch"]), list(state["history"])
 
