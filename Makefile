@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.*
 
-.PHONY: install test demo lint clean
+.PHONY: install test demo lint docs tables clean
 
 $(BIN)/csrs: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,21 @@ test: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 
+# The site: tables re-rendered from docs/results/*.csv (TABLES=--check only verifies them, as CI
+# does), then MkDocs with warnings as errors. NO_MKDOCS_2_WARNING silences Material's banner.
+TABLES ?=
+$(VENV)/.docs: pyproject.toml $(BIN)/csrs
+	$(BIN)/pip install -q -e ".[docs]"
+	touch $@
+
+tables: install
+	$(BIN)/python scripts/tables.py $(TABLES)
+
+docs: $(VENV)/.docs tables
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
 demo: install
 	$(BIN)/csrs demo --out demo-results
 
 clean:
-	rm -rf $(VENV) demo-results
+	rm -rf $(VENV) demo-results site
