@@ -32,10 +32,16 @@ def test_architecture_gives_one_logit_per_class(arch):
     torch.manual_seed(0)
     shape = TYPICAL_SHAPES[arch]
     model = build_model(arch, num_classes=7, input_shape=shape).eval()
+    inputs = torch.rand(2, *shape)
     with torch.no_grad():
-        logits = model(torch.rand(2, *shape))
+        logits = model(inputs)
+        alone = model(inputs[1:])
     assert logits.shape == (2, 7)
     assert torch.isfinite(logits).all()
+    # Each row is the model of its own input: another input gives other logits, and an input
+    # alone gives what it gave in the batch.
+    assert not torch.allclose(logits[0], logits[1])
+    assert torch.allclose(alone[0], logits[1], atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -99,7 +105,8 @@ def test_cifar_resnet_has_projection_shortcuts_where_the_shape_changes():
 def test_cifar_resnet_takes_other_channel_counts_and_sizes():
     model = build_model("cifar-resnet20", num_classes=3, input_shape=(1, 28, 28)).eval()
     with torch.no_grad():
-        assert model(torch.rand(2, 1, 28, 28)).shape == (2, 3)
+        logits = model(torch.rand(2, 1, 28, 28))
+    assert logits.shape == (2, 3) and not torch.allclose(logits[0], logits[1])
 
 
 def test_normalize_is_the_first_layer_and_uses_per_channel_statistics():

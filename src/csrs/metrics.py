@@ -309,6 +309,8 @@ def certified_costs(results: ResultArrays, eps: float) -> np.ndarray:
 
 def _radius_metrics(results: ResultArrays, eps: float) -> dict[str, float]:
     kappa = certified_costs(results, eps)
+    if np.isnan(results.row_max).all():  # a file without costs (a Cohen log read without one)
+        kappa = np.full(len(results), np.nan)
     with np.errstate(invalid="ignore"):
         standard_ok = results.correct & (results.predict >= 0)
         return {

@@ -21,7 +21,14 @@ from csrs.metrics import (
     per_class,
     summarize,
 )
-from csrs.results import COHEN_LOG, CONVEX, SEQUENTIAL, ResultsFile, ResultsFileError
+from csrs.results import (
+    COHEN_LOG,
+    CONVEX,
+    SEQUENTIAL,
+    ResultsFile,
+    ResultsFileError,
+    format_float,
+)
 
 __all__ = ["format_value", "markdown_table", "plot_cost_curves", "plot_curves", "provenance",
            "report_eps", "results_table", "summary_rows", "write_csv", "write_report"]
@@ -71,16 +78,22 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,
 
 def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]],
               columns: Sequence[str]) -> Path:
-    """Write ``rows`` to a CSV with the given columns (floats with 4 decimals)."""
+    """Write ``rows`` to a CSV with the given columns: floats as the shortest text that reads
+    back to the same number (a table rounds them, never the file), NaN as an empty cell."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([f"{row[c]:.4f}" if isinstance(row.get(c), float) else row.get(c, "")
-                             for c in columns])
+            writer.writerow([_cell(row.get(column, "")) for column in columns])
     return path
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else format_float(value)
+    return value
 
 
 Arrays = ResultArrays | DecisionArrays
