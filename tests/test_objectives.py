@@ -189,6 +189,7 @@ def test_cohen_r_reweights_only_sensitive_examples():
 
 def test_hyperparameters_default_and_validate():
     assert resolve_hparams("csrs") == METHOD_DEFAULTS["csrs"]
+    assert METHOD_DEFAULTS["csrs"]["ce"] == "smoothed"  # Eq. 2's I1 is MACER's NLL
     assert resolve_hparams("macer", {"lam": 4})["lam"] == 4.0
     with pytest.raises(ValueError, match="'gamma'"):
         resolve_hparams("csrs", {"gamma": 1.0})
@@ -257,12 +258,13 @@ def test_margin_cs_is_ce_plus_each_groups_mean_hinge():
                                + 2.0 * parts.robust_sensitive)
 
 
+@pytest.mark.parametrize("objective", [margin_cs, csrs])
 @pytest.mark.parametrize("ce", ["per-draw", "smoothed"])
-def test_margin_cs_classification_is_cohens_per_draw_ce_or_macers_smoothed_nll(ce):
+def test_classification_is_cohens_per_draw_ce_or_macers_smoothed_nll(ce, objective):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
     x, y = torch.rand(5, 4), torch.tensor([0, 1, 2, 0, 1])
-    parts = margin_cs(model, x, y, torch.zeros(5, 3), SIGMA, torch.Generator().manual_seed(2),
+    parts = objective(model, x, y, torch.zeros(5, 3), SIGMA, torch.Generator().manual_seed(2),
                       num_noise=3, ce=ce)
     noise = SIGMA * torch.randn(15, 4, generator=torch.Generator().manual_seed(2))
     logits = model(x.repeat_interleave(3, 0) + noise)

@@ -23,8 +23,9 @@ Hyperparameters and their symbols in the paper (Section 4) and docs/theory.md:
 - ``gamma2``    gamma_2, the threshold of the hinge of sensitive examples (CS-RS's I3; 16);
 - ``lam``       lambda, weight of the robustness terms (MACER, CS-RS; 12);
 - ``lam1``, ``lam2``  lambda_1, lambda_2, Margin-CS's weights of its normal and sensitive terms (3);
-- ``ce``        Margin-CS's classification loss: ``per-draw`` cross-entropy (Cohen's, default) or
-                the ``smoothed`` NLL of the soft smoothed classifier (MACER's);
+- ``ce``        the classification loss of Margin-CS and CS-RS: ``per-draw`` cross-entropy
+                (Cohen's; Margin-CS's default) or the ``smoothed`` NLL of the soft smoothed
+                classifier (MACER's; CS-RS's default, Eq. 2's I1);
 - ``window``    Margin-CS's sensitive window: ``nonnegative`` [0, gamma_2] (default) or ``signed``
                 [-gamma_2, gamma_2] (the 2023 CS-RS window);
 - ``pair_gap``  the class whose probability Margin-CS's pairwise gaps start from: ``label``, p_y
@@ -345,21 +346,30 @@ def cohen_r(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigma: fl
 
 
 def _macer_terms(model: nn.Module, x: Tensor, y: Tensor, sigma: float,
-                 generator: torch.Generator, num_noise: int,
-                 beta: float) -> tuple[Tensor, Tensor, Tensor]:
+                 generator: torch.Generator, num_noise: int, beta: float,
+                 ce: str = "smoothed") -> tuple[Tensor, Tensor, Tensor]:
     """Returns (classification loss, per-draw softmax(beta * logits), noisy accuracy).
 
-    The classification loss is MACER's: the NLL of log(mean softmax + 1e-10), averaged (Eq. 2, I1).
+    The classification loss is MACER's (Eq. 2, I1), the NLL of log(mean softmax + 1e-10), or with
+    ``ce="per-draw"`` Cohen's cross-entropy averaged over the k draws (:func:`_classification`).
     """
     logits = _noisy_logits(model, x, sigma, num_noise, generator)
-    return (_smoothed_nll(logits, y, num_noise), noisy_probabilities(logits, num_noise, beta),
-            _noisy_accuracy(logits, y, num_noise))
+    return (_classification(logits, y, num_noise, ce),
+            noisy_probabilities(logits, num_noise, beta), _noisy_accuracy(logits, y, num_noise))
 
 
 def _smoothed_nll(logits: Tensor, y: Tensor, num_noise: int) -> Tensor:
     """Returns MACER's classification loss: the NLL of log(mean softmax + 1e-10)."""
     soft = F.softmax(logits, dim=1).view(len(y), num_noise, -1).mean(1)
     return F.nll_loss(torch.log(soft + LOG_EPSILON), y)
+
+
+def _classification(logits: Tensor, y: Tensor, num_noise: int, ce: str) -> Tensor:
+    """Returns MACER's smoothed NLL (``ce="smoothed"``) or the cross-entropy of each of the k
+    noisy draws, averaged (``"per-draw"``, Cohen's loss with k draws)."""
+    if ce == "smoothed":
+        return _smoothed_nll(logits, y, num_noise)
+    return F.cross_entropy(logits, y.repeat_interleave(num_noise))
 
 
 def macer(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigma: float,
@@ -376,10 +386,13 @@ def macer(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigma: floa
 
 def csrs(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigma: float,
          generator: torch.Generator, *, num_noise: int = 16, beta: float = 16.0,
-         gamma1: float = 4.0, gamma2: float = 16.0, lam: float = 12.0) -> LossParts:
+         gamma1: float = 4.0, gamma2: float = 16.0, lam: float = 12.0,
+         ce: str = "smoothed") -> LossParts:
     """Returns the paper's CS-RS loss, Eq. 2: I1 + lambda * I2 + lambda * I3.
 
-    I1 is MACER's classification loss over all examples; I2 the standard hinge with gamma_1 over
+    I1 is MACER's classification loss over all examples (``ce="smoothed"``, the paper's choice;
+    ``"per-draw"``, Cohen's cross-entropy on each of the k draws, is offered to measure what the
+    NLL form costs, as Margin-CS's reading uses it); I2 the standard hinge with gamma_1 over
     ALL examples (D, not D_n, as the paper chooses); I3 the hinge (gamma_2 - m) on the signed
     cost-sensitive gap m in [-gamma_2, gamma_2] of the sensitive examples. I2 and I3 are both sums
     divided by the batch size B: I3 is thus the batch estimate of P(sensitive) * E_{D_s}[L_M],
@@ -387,7 +400,8 @@ def csrs(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigma: float
     sensitive examples contributes no I3 instead of a noisy average over few of them. The binary
     method reads Omega_y only; Margin-CS is its cost-weighted successor.
     """
-    classification, probs, accuracy = _macer_terms(model, x, y, sigma, generator, num_noise, beta)
+    classification, probs, accuracy = _macer_terms(model, x, y, sigma, generator, num_noise, beta,
+                                                   ce)
     normal = (standard_hinge(probs, y, sigma, gamma1).sum() / len(y)).float()
     sensitive = (cost_sensitive_hinge(probs, cost_rows > 0, sigma, gamma2).sum()
                  / len(y)).float()
@@ -417,10 +431,7 @@ def margin_cs(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigma: 
     group (0 for an empty group).
     """
     logits = _noisy_logits(model, x, sigma, num_noise, generator)
-    if ce == "smoothed":
-        classification = _smoothed_nll(logits, y, num_noise)
-    else:
-        classification = F.cross_entropy(logits, y.repeat_interleave(num_noise))
+    classification = _classification(logits, y, num_noise, ce)
     probs = noisy_probabilities(logits, num_noise, beta)
     sensitive = (cost_rows > 0).any(1)
     normal = _group_mean(standard_hinge(probs, y, sigma, gamma1), ~sensitive).float()
@@ -570,7 +581,8 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "cohen": {},
     "cohen-r": {"weight": 1.2, "weighting": "example"},
     "macer": {"num_noise": 16, "beta": 16.0, "gamma": 8.0, "lam": 12.0},
-    "csrs": {"num_noise": 16, "beta": 16.0, "gamma1": 4.0, "gamma2": 16.0, "lam": 12.0},
+    "csrs": {"num_noise": 16, "beta": 16.0, "gamma1": 4.0, "gamma2": 16.0, "lam": 12.0,
+             "ce": "smoothed"},
     # The Margin-CS authors' code defaults (docs/theory.md): lambda 3, gamma 4 and 16, beta 16,
     # k 16.
     "margin-cs": {"num_noise": 16, "beta": 16.0, "gamma1": 4.0, "gamma2": 16.0, "lam1": 3.0,
