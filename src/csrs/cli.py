@@ -332,8 +332,8 @@ _METHOD_FLAGS = [
     ("--pair-gap", "pair_gap", str, "the class margin-cs's pairwise gaps start from: 'label' "
                                     "(PhiInv(p_y) - PhiInv(p_j): trains the right class to win; "
                                     "default) or 'top' (PhiInv(max_k p_k) - PhiInv(p_j), the "
-                                    "pairwise radius certification uses; no gradient where the "
-                                    "costly class j is on top)"),
+                                    "pairwise radius certification uses; a constant, "
+                                    "gradient-free hinge where the costly class j is on top)"),
     ("--variant", "variant", str, "how smoothadv-cs uses the costs: 'attack' (PGD towards the "
                                   "cost-weighted mass of the costly classes; default, the only "
                                   "one that puts the costs into the attack) or 'reweight' "

@@ -52,10 +52,11 @@ Two readings of the 2025 paper are open (see docs/theory.md), so both are choice
   (``pair_gap="label"``), PhiInv(max_k p_k) - PhiInv(p_j) in a third-party summary of the paper
   (``"top"``, the pairwise radius that certification computes). The two agree on every example
   whose top class is y. The default is ``label`` because it trains the right class to win where
-  they differ: with ``top`` a pair whose costly class j is itself on top has the gap 0 by
-  definition, a constant hinge with no gradient, exactly where the example most needs one (the
-  2023 code's top-1 reading has the same hole); and where another wrong class is on top, ``top``
-  rewards it for beating j rather than y for beating both, trading accuracy for Rob_cs.
+  they differ: where another wrong class is on top, ``top`` rewards that class for beating j
+  rather than y for beating both, trading accuracy for Rob_cs; and a pair whose costly class j
+  is itself on top has under ``top`` the gap 0 by definition, a constant hinge with no gradient
+  whatever the window (the 2023 code's top-1 reading has the same hole), where ``label`` with
+  the signed window pulls j back.
 - SmoothAdv-CS attacks a sensitive example towards its costly classes in our reading
   (``variant="attack"``: PGD maximises log sum_j C[y][j] G_j); the authors' released code
   describes its SmoothAdv baseline as a reweighting adaptation (``"reweight"``: SmoothAdv's attack
