@@ -29,6 +29,7 @@ from csrs.objectives import (
     smoothadv_cs,
     standard_classes,
     standard_hinge,
+    top_classes,
 )
 
 SIGMA = 0.5
@@ -188,6 +189,7 @@ def test_cohen_r_reweights_only_sensitive_examples():
 
 def test_hyperparameters_default_and_validate():
     assert resolve_hparams("csrs") == METHOD_DEFAULTS["csrs"]
+    assert METHOD_DEFAULTS["csrs"]["ce"] == "smoothed"  # Eq. 2's I1 is MACER's NLL
     assert resolve_hparams("macer", {"lam": 4})["lam"] == 4.0
     with pytest.raises(ValueError, match="'gamma'"):
         resolve_hparams("csrs", {"gamma": 1.0})
@@ -256,12 +258,13 @@ def test_margin_cs_is_ce_plus_each_groups_mean_hinge():
                                + 2.0 * parts.robust_sensitive)
 
 
+@pytest.mark.parametrize("objective", [margin_cs, csrs])
 @pytest.mark.parametrize("ce", ["per-draw", "smoothed"])
-def test_margin_cs_classification_is_cohens_per_draw_ce_or_macers_smoothed_nll(ce):
+def test_classification_is_cohens_per_draw_ce_or_macers_smoothed_nll(ce, objective):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
     x, y = torch.rand(5, 4), torch.tensor([0, 1, 2, 0, 1])
-    parts = margin_cs(model, x, y, torch.zeros(5, 3), SIGMA, torch.Generator().manual_seed(2),
+    parts = objective(model, x, y, torch.zeros(5, 3), SIGMA, torch.Generator().manual_seed(2),
                       num_noise=3, ce=ce)
     noise = SIGMA * torch.randn(15, 4, generator=torch.Generator().manual_seed(2))
     logits = model(x.repeat_interleave(3, 0) + noise)
@@ -301,6 +304,8 @@ def test_cohen_r_group_weighting_is_the_normal_mean_plus_weight_times_the_sensit
 @pytest.mark.parametrize("method, key, value, allowed", [
     ("margin-cs", "window", "both", "nonnegative, signed"),
     ("margin-cs", "ce", "soft", "per-draw, smoothed"),
+    ("margin-cs", "pair_gap", "max", "label, top"),
+    ("smoothadv-cs", "variant", "both", "attack, reweight"),
     ("cohen-r", "weighting", 1.0, "example, group, batch"),
 ])
 def test_choice_hyperparameters_name_the_bad_value_and_the_allowed_ones(method, key, value,
@@ -356,3 +361,124 @@ def test_smoothadv_cs_attacks_a_sensitive_example_towards_its_costliest_class():
     assert torch.isclose(by_label[1], by_label[2])
     # Without costs in the row the example is normal, attacked by its label as in SmoothAdv.
     assert torch.allclose(shift(cost_attack_gain(y, torch.zeros(1, 3))), by_label)
+
+
+# ---------------------------------------------------------------------------------------------
+# The two open readings of the 2025 paper: Margin-CS's pair gap, SmoothAdv-CS's variant
+
+# y = 0 with costs C[0] = (0, 10, 2, 0) on four classes; the top class is y (row 0), the costly
+# class 1 (row 1), and the cheap non-costly class 3 (row 2).
+PAIR_PROBS = torch.tensor([[0.60, 0.20, 0.10, 0.10], [0.30, 0.45, 0.15, 0.10],
+                           [0.25, 0.15, 0.10, 0.50]], dtype=torch.float64)
+PAIR_COSTS = torch.tensor([[0.0, 10.0, 2.0, 0.0]] * 3)
+
+
+def _pair_hinges_by_hand(anchor_probs: np.ndarray, gamma2: float = 16.0) -> np.ndarray:
+    """Returns sum_j C[0][j] sigma/2 (gamma2 - g_j) over the g_j in [0, gamma2],
+    g_j = PhiInv(anchor's p) - PhiInv(p_j), with SciPy's PhiInv."""
+    gaps = norm.ppf(anchor_probs)[:, None] - norm.ppf(PAIR_PROBS[:, 1:3].numpy())
+    inside = (gaps >= 0) & (gaps <= gamma2)
+    return (np.array([10.0, 2.0]) * np.where(inside, SIGMA / 2 * (gamma2 - gaps), 0.0)).sum(1)
+
+
+def test_pair_gap_top_starts_the_gaps_from_the_top_class_and_label_from_y():
+    y = torch.zeros(3, dtype=torch.long)
+    assert top_classes(PAIR_PROBS).tolist() == [0, 1, 3]
+    label = pairwise_cost_hinge(PAIR_PROBS, y, PAIR_COSTS, SIGMA, 0.0, 16.0)
+    top = pairwise_cost_hinge(PAIR_PROBS, top_classes(PAIR_PROBS), PAIR_COSTS, SIGMA, 0.0, 16.0)
+    torch.testing.assert_close(label, torch.tensor(_pair_hinges_by_hand(PAIR_PROBS[:, 0].numpy())))
+    torch.testing.assert_close(top, torch.tensor(
+        _pair_hinges_by_hand(PAIR_PROBS.max(1).values.numpy())))
+    assert label[0] == top[0]  # the top class is y: one and the same gap
+    assert not torch.isclose(label[1], top[1]) and not torch.isclose(label[2], top[2])
+    # Costly class 1 on top: its own gap is 0 under "top", the hinge at its maximum.
+    assert top[1] >= 10 * SIGMA / 2 * 16.0
+
+
+def test_margin_cs_pair_gap_changes_the_gradient_exactly_where_the_top_class_is_not_y():
+    y = torch.zeros(3, dtype=torch.long)
+    grads, totals = {}, {}
+    for pair_gap in ("label", "top"):
+        stub = FixedLogits(PAIR_PROBS.log().float())  # softmax(logits) = PAIR_PROBS at beta 1
+        parts = margin_cs(stub, torch.zeros(3, 4), y, PAIR_COSTS, SIGMA,
+                          torch.Generator().manual_seed(0), num_noise=1, beta=1.0, lam1=0.0,
+                          lam2=1.0, pair_gap=pair_gap)
+        parts.total.backward()
+        grads[pair_gap], totals[pair_gap] = stub.logits.grad, parts.robust_sensitive
+    torch.testing.assert_close(grads["label"][0], grads["top"][0])
+    for row in (1, 2):
+        assert not torch.allclose(grads["label"][row], grads["top"][row], atol=1e-4)
+    expected = {"label": _pair_hinges_by_hand(PAIR_PROBS[:, 0].numpy()).mean(),
+                "top": _pair_hinges_by_hand(PAIR_PROBS.max(1).values.numpy()).mean()}
+    for pair_gap, value in expected.items():
+        torch.testing.assert_close(totals[pair_gap], torch.tensor(value, dtype=torch.float32))
+
+
+def test_pair_gap_top_gives_no_gradient_to_a_pair_whose_costly_class_is_on_top():
+    # Only the pair 0 -> 1, and class 1 on top: "top" has the gap 0 (constant), while the signed
+    # window under "label" pulls class 1 back.
+    cost_rows = torch.tensor([[0.0, 10.0, 0.0, 0.0]])
+    for pair_gap, lower, pulled in [("top", -16.0, False), ("label", -16.0, True)]:
+        stub = FixedLogits(PAIR_PROBS[1:2].log().float())
+        probs = noisy_probabilities(stub.logits, num_noise=1, beta=1.0)
+        anchor = top_classes(probs) if pair_gap == "top" else torch.tensor([0])
+        pairwise_cost_hinge(probs, anchor, cost_rows, SIGMA, lower, 16.0).sum().backward()
+        assert (stub.logits.grad.abs().sum() > 0) == pulled
+
+
+def _smoothadv_setup():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.rand(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    # Two sensitive examples: a binary row and a row whose largest cost is 3.
+    cost_rows = torch.zeros(6, 3)
+    cost_rows[1, 0] = 1.0
+    cost_rows[4, 2], cost_rows[4, 0] = 3.0, 1.0
+    return model, x, y, cost_rows
+
+
+def test_smoothadv_cs_reweight_is_smoothadvs_attack_with_cohen_r_weights():
+    model, x, y, cost_rows = _smoothadv_setup()
+    options = {"num_noise": 3, "steps": 3, "eps": 0.5}
+
+    def total(objective, **kwargs):
+        return objective(model, x, y, cost_rows, SIGMA, torch.Generator().manual_seed(5),
+                         **options, **kwargs).total
+
+    # By hand: the same draws, SmoothAdv's label attack, then w = 1, 1 + 0.5 * 1, 1 + 0.5 * 3.
+    noise = SIGMA * torch.randn(18, 4, generator=torch.Generator().manual_seed(5))
+    adversarial = smoothed_pgd_l2(model, x, noise, label_attack_gain(y), 0.5, steps=3)
+    per_draw = F.cross_entropy(model(adversarial.repeat_interleave(3, 0) + noise),
+                               y.repeat_interleave(3), reduction="none")
+    weights = torch.tensor([1.0, 1.5, 1.0, 1.0, 2.5, 1.0])
+    expected = (weights * per_draw.view(6, 3).mean(1)).mean()
+    reweighted = total(smoothadv_cs, variant="reweight", weight=1.5)
+    torch.testing.assert_close(reweighted, expected)
+    # Weight 1 is SmoothAdv itself (same points, same loss); the weights bite; and the cost
+    # attack moves the sensitive examples elsewhere.
+    torch.testing.assert_close(total(smoothadv_cs, variant="reweight", weight=1.0),
+                               total(smoothadv))
+    assert not torch.isclose(reweighted, total(smoothadv))
+    assert not torch.isclose(total(smoothadv_cs, variant="attack"), total(smoothadv))
+
+
+def test_variant_hyperparameters_belong_to_their_method_and_variant():
+    assert resolve_hparams("smoothadv-cs")["variant"] == "attack"
+    assert resolve_hparams("margin-cs")["pair_gap"] == "label"
+    assert resolve_hparams("smoothadv-cs", {"variant": "reweight", "weight": 2})["weight"] == 2.0
+    with pytest.raises(ValueError, match="reads weight only with variant = 'reweight'; got "
+                                         "variant = 'attack'"):
+        resolve_hparams("smoothadv-cs", {"weight": 2.0})
+    with pytest.raises(ValueError, match="method 'smoothadv' has no hyperparameter 'variant'"):
+        resolve_hparams("smoothadv", {"variant": "reweight"})
+    with pytest.raises(ValueError, match="method 'csrs' has no hyperparameter 'pair_gap'"):
+        resolve_hparams("csrs", {"pair_gap": "top"})
+    with pytest.raises(ValueError, match="hyperparameter weight must be >= 1; got 0.5"):
+        resolve_hparams("smoothadv-cs", {"variant": "reweight", "weight": 0.5})
+
+
+def test_every_hyperparameter_has_a_train_flag():
+    from csrs.cli import _METHOD_FLAGS
+
+    flagged = {name for _, name, _, _ in _METHOD_FLAGS}
+    assert set().union(*map(set, METHOD_DEFAULTS.values())) <= flagged

@@ -368,6 +368,17 @@ _METHOD_FLAGS = [
                         "smoothed classifier)"),
     ("--window", "window", str, "gap window of margin-cs's sensitive hinge: 'nonnegative' "
                                 "[0, gamma_2] (default) or 'signed' [-gamma_2, gamma_2]"),
+    ("--pair-gap", "pair_gap", str, "the class margin-cs's pairwise gaps start from: 'label' "
+                                    "(PhiInv(p_y) - PhiInv(p_j): trains the right class to win; "
+                                    "default) or 'top' (PhiInv(max_k p_k) - PhiInv(p_j), the "
+                                    "pairwise radius certification uses; a constant, "
+                                    "gradient-free hinge where the costly class j is on top)"),
+    ("--variant", "variant", str, "how smoothadv-cs uses the costs: 'attack' (PGD towards the "
+                                  "cost-weighted mass of the costly classes; default, the only "
+                                  "one that puts the costs into the attack) or 'reweight' "
+                                  "(SmoothAdv's attack unchanged, each example's loss x "
+                                  "1 + (--weight - 1) x its row's largest cost, Cohen-R's "
+                                  "weighting; --weight default 1.2)"),
     ("--steps", "steps", int, "T, PGD steps of the attack (smoothadv, smoothadv-cs; default 4)"),
     ("--eps", "eps", float, "eps, l2 radius of training (smoothadv, smoothadv-cs: the attack's, "
                             "default 0.5; zhang-evans: the convex robust loss's, default 0.25)"),

@@ -9,9 +9,10 @@ the method's hyperparameters (:data:`METHOD_DEFAULTS`). Omega_y is ``cost_rows >
 the binary paper (Cohen-R, CS-RS) read that set, the real-valued ones (Margin-CS, SmoothAdv-CS,
 Zhang & Evans) the costs too. A new method is one function here and one line in each registry.
 
-Hyperparameters and their symbols in the paper (Section 4) and NOTES.md:
+Hyperparameters and their symbols in the paper (Section 4) and docs/theory.md:
 
-- ``weight``    alpha_w >= 1, Cohen-R's weight of sensitive examples (1.2);
+- ``weight``    alpha_w >= 1, Cohen-R's weight of sensitive examples (1.2); also SmoothAdv-CS's
+                with ``variant = "reweight"`` (and only then);
 - ``weighting`` how Cohen-R applies it: per ``example`` (default) or per ``group`` (the authors'
                 code: mean loss of the normal examples + alpha_w * that of the sensitive ones);
 - ``num_noise`` k, noise draws per example of MACER, CS-RS and Margin-CS (16); m_train, noise
@@ -22,10 +23,16 @@ Hyperparameters and their symbols in the paper (Section 4) and NOTES.md:
 - ``gamma2``    gamma_2, the threshold of the hinge of sensitive examples (CS-RS's I3; 16);
 - ``lam``       lambda, weight of the robustness terms (MACER, CS-RS; 12);
 - ``lam1``, ``lam2``  lambda_1, lambda_2, Margin-CS's weights of its normal and sensitive terms (3);
-- ``ce``        Margin-CS's classification loss: ``per-draw`` cross-entropy (Cohen's, default) or
-                the ``smoothed`` NLL of the soft smoothed classifier (MACER's);
+- ``ce``        the classification loss of Margin-CS and CS-RS: ``per-draw`` cross-entropy
+                (Cohen's; Margin-CS's default) or the ``smoothed`` NLL of the soft smoothed
+                classifier (MACER's; CS-RS's default, Eq. 2's I1);
 - ``window``    Margin-CS's sensitive window: ``nonnegative`` [0, gamma_2] (default) or ``signed``
                 [-gamma_2, gamma_2] (the 2023 CS-RS window);
+- ``pair_gap``  the class whose probability Margin-CS's pairwise gaps start from: ``label``, p_y
+                (default), or ``top``, max_k p_k (below);
+- ``variant``   SmoothAdv-CS's adaptation of SmoothAdv: ``attack``, the cost-weighted attack
+                (default), or ``reweight``, SmoothAdv's attack unchanged and the loss of sensitive
+                examples weighted like Cohen-R's, by ``weight`` (below);
 - ``steps``     T, SmoothAdv's PGD steps (4);
 - ``eps``       the l2 radius of training: SmoothAdv's eps_train (0.5), Zhang & Evans's (0.25);
 - ``eps_warmup`` epochs over which the training loop ramps ``eps`` up linearly (10; 5);
@@ -38,6 +45,29 @@ Gaps that are not finite (a probability of exactly 0 or 1) are left out, and the
 float64, with PhiInv(p) = -PhiInv(1 - p) above 1/2 and 1 - p summed from the other classes, so
 that they stay finite and exact over the whole window [-gamma_2, gamma_2]: in float32 the top
 probability rounds to 1 and the gap turns infinite beyond about |gap| = 10.6.
+
+Two readings of the 2025 paper are open (see docs/theory.md), so both are choices:
+
+- Margin-CS's pairwise gap of a costly class j is PhiInv(p_y) - PhiInv(p_j) in our reading
+  (``pair_gap="label"``), PhiInv(max_k p_k) - PhiInv(p_j) in a third-party summary of the paper
+  (``"top"``, the pairwise radius that certification computes). The two agree on every example
+  whose top class is y. The default is ``label`` because it trains the right class to win where
+  they differ: where another wrong class is on top, ``top`` rewards that class for beating j
+  rather than y for beating both, trading accuracy for Rob_cs; and a pair whose costly class j
+  is itself on top has under ``top`` the gap 0 by definition, a constant hinge with no gradient
+  whatever the window (the 2023 code's top-1 reading has the same hole), where ``label`` with
+  the signed window pulls j back.
+- SmoothAdv-CS attacks a sensitive example towards its costly classes in our reading
+  (``variant="attack"``: PGD maximises log sum_j C[y][j] G_j); the authors' released code
+  describes its SmoothAdv baseline as a reweighting adaptation (``"reweight"``: SmoothAdv's attack
+  on the label unchanged, then the noisy cross-entropy at the adversarial point of example i
+  multiplied by w_i = 1 + (alpha_w - 1) * max_j C[y_i][j], Cohen-R's per-example weight, with
+  the same ``weight`` alpha_w = 1.2). The default is ``attack``: it is the only one of the two
+  that puts the costs into the adversarial training itself, and ``reweight`` is Cohen-R's
+  reweighting on top of SmoothAdv, a combination of two baselines the comparison already has.
+
+Both defaults are also the objectives that the demo's and the studies' published numbers were
+trained with.
 """
 
 from __future__ import annotations
@@ -75,6 +105,7 @@ __all__ = [
     "smoothadv_cs",
     "standard_classes",
     "standard_hinge",
+    "top_classes",
     "zhang_evans",
 ]
 
@@ -221,28 +252,39 @@ def cost_sensitive_hinge(probs: Tensor, costly_mask: Tensor, sigma: float,
     """Returns the per-example I3 loss of Eq. 2: sigma/2 * (gamma2 - m) for sensitive examples
     whose signed cost-sensitive gap m lies in [-gamma2, gamma2], else 0.
 
-    A negative m means the top class is costly; the hinge then pulls it back (NOTES.md: the signed
-    gap, not the published code's top-1 probability, which gives no gradient there).
+    A negative m means the top class is costly; the hinge then pulls it back (see docs/theory.md:
+    the signed gap, not the published code's top-1 probability, which gives no gradient there).
     """
     return _gap_hinge(probs, *cost_sensitive_classes(probs, costly_mask), -gamma2, gamma2, sigma,
                       costly_mask.any(1))
 
 
-def pairwise_cost_hinge(probs: Tensor, y: Tensor, cost_rows: Tensor, sigma: float,
+def top_classes(probs: Tensor) -> Tensor:
+    """Returns argmax_k p_k of the soft smoothed classifier, the class certification starts from.
+
+    ``probs`` are (B, k, m) per-draw or (B, m) smoothed probabilities.
+    """
+    return _draws(probs).mean(1).argmax(1)
+
+
+def pairwise_cost_hinge(probs: Tensor, anchor: Tensor, cost_rows: Tensor, sigma: float,
                         lower: float, upper: float) -> Tensor:
     """Returns Margin-CS's per-example sensitive loss: sum over j in Omega_y of
-    C[y][j] * sigma/2 * L_M(gap_j; lower, upper), gap_j = PhiInv(p_y) - PhiInv(p_j).
+    C[y][j] * sigma/2 * L_M(gap_j; lower, upper), gap_j = PhiInv(p_anchor) - PhiInv(p_j).
 
-    Each costly pair (y -> j) has its own gap: sigma/2 * gap_j is the pairwise radius within which
-    j never overtakes y (NOTES.md, "Pairwise radius"), and its hinge is weighted by the pair's
-    cost. Examples with empty Omega_y get 0. ``probs`` are (B, k, m) per-draw or (B, m) smoothed.
+    ``anchor`` is y (our reading: sigma/2 * gap_j is the radius within which j never overtakes
+    the label) or the top class (:func:`top_classes`; the pairwise radius of certification, see
+    docs/theory.md). Each costly pair has its own gap and its hinge is weighted by the pair's
+    cost; where j is the anchor itself the gap is 0, a constant hinge without gradient. Examples
+    with empty Omega_y get 0. ``probs`` are (B, k, m) per-draw or (B, m) smoothed.
     """
     rows, targets = torch.nonzero(cost_rows > 0, as_tuple=True)
     draws = _draws(probs)
     eligible = torch.ones_like(rows, dtype=torch.bool)
-    hinges = _gap_hinge(draws[rows], y[rows], targets, lower, upper, sigma, eligible)
+    hinges = _gap_hinge(draws[rows], anchor[rows], targets, lower, upper, sigma, eligible)
     weighted = cost_rows[rows, targets].to(hinges.dtype) * hinges
-    return torch.zeros(len(y), dtype=hinges.dtype, device=y.device).index_add(0, rows, weighted)
+    return torch.zeros(len(anchor), dtype=hinges.dtype,
+                       device=anchor.device).index_add(0, rows, weighted)
 
 
 def _group_mean(values: Tensor, members: Tensor) -> Tensor:
@@ -252,6 +294,13 @@ def _group_mean(values: Tensor, members: Tensor) -> Tensor:
 
 def _zero(x: Tensor) -> Tensor:
     return torch.zeros((), device=x.device)
+
+
+def _example_weights(cost_rows: Tensor, weight: float, dtype: torch.dtype) -> Tensor:
+    """Returns Cohen-R's per-example weights w_i = 1 + (alpha_w - 1) * max_j C[y_i][j]: 1 for
+    normal examples, alpha_w for every sensitive example of a 0/1 matrix (costs in units of the
+    binary cost)."""
+    return 1 + (weight - 1) * cost_rows.to(dtype).amax(1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +335,7 @@ def cohen_r(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigma: fl
     """
     logits = _noisy_logits(model, x, sigma, 1, generator)
     losses = F.cross_entropy(logits, y, reduction="none")
-    weights = 1 + (weight - 1) * cost_rows.to(losses.dtype).amax(1)
+    weights = _example_weights(cost_rows, weight, losses.dtype)
     sensitive = (cost_rows > 0).any(1)
     if weighting == "group":
         loss = _group_mean(losses, ~sensitive) + _group_mean(weights * losses, sensitive)
@@ -298,15 +347,16 @@ def cohen_r(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigma: fl
 
 
 def _macer_terms(model: nn.Module, x: Tensor, y: Tensor, sigma: float,
-                 generator: torch.Generator, num_noise: int,
-                 beta: float) -> tuple[Tensor, Tensor, Tensor]:
+                 generator: torch.Generator, num_noise: int, beta: float,
+                 ce: str = "smoothed") -> tuple[Tensor, Tensor, Tensor]:
     """Returns (classification loss, per-draw softmax(beta * logits), noisy accuracy).
 
-    The classification loss is MACER's: the NLL of log(mean softmax + 1e-10), averaged (Eq. 2, I1).
+    The classification loss is MACER's (Eq. 2, I1), the NLL of log(mean softmax + 1e-10), or with
+    ``ce="per-draw"`` Cohen's cross-entropy averaged over the k draws (:func:`_classification`).
     """
     logits = _noisy_logits(model, x, sigma, num_noise, generator)
-    return (_smoothed_nll(logits, y, num_noise), noisy_probabilities(logits, num_noise, beta),
-            _noisy_accuracy(logits, y, num_noise))
+    return (_classification(logits, y, num_noise, ce),
+            noisy_probabilities(logits, num_noise, beta), _noisy_accuracy(logits, y, num_noise))
 
 
 def _smoothed_nll(logits: Tensor, y: Tensor, num_noise: int) -> Tensor:
@@ -315,12 +365,20 @@ def _smoothed_nll(logits: Tensor, y: Tensor, num_noise: int) -> Tensor:
     return F.nll_loss(torch.log(soft + LOG_EPSILON), y)
 
 
+def _classification(logits: Tensor, y: Tensor, num_noise: int, ce: str) -> Tensor:
+    """Returns MACER's smoothed NLL (``ce="smoothed"``) or the cross-entropy of each of the k
+    noisy draws, averaged (``"per-draw"``, Cohen's loss with k draws)."""
+    if ce == "smoothed":
+        return _smoothed_nll(logits, y, num_noise)
+    return F.cross_entropy(logits, y.repeat_interleave(num_noise))
+
+
 def macer(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigma: float,
           generator: torch.Generator, *, num_noise: int = 16, beta: float = 16.0,
           gamma: float = 8.0, lam: float = 12.0) -> LossParts:
-    """Returns MACER's loss (Zhai et al. 2020, as NOTES.md fixes it): classification + lambda *
-    robustness, the robustness being sigma/2 * sum of (gamma - gap) over the examples with gap in
-    [0, gamma], divided by the batch size B. ``cost_rows`` is unused."""
+    """Returns MACER's loss (Zhai et al. 2020, as docs/theory.md fixes it): classification +
+    lambda * robustness, the robustness being sigma/2 * sum of (gamma - gap) over the examples
+    with gap in [0, gamma], divided by the batch size B. ``cost_rows`` is unused."""
     classification, probs, accuracy = _macer_terms(model, x, y, sigma, generator, num_noise, beta)
     robustness = (standard_hinge(probs, y, sigma, gamma).sum() / len(y)).float()
     return LossParts(classification + lam * robustness, classification.detach(),
@@ -329,10 +387,13 @@ def macer(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigma: floa
 
 def csrs(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigma: float,
          generator: torch.Generator, *, num_noise: int = 16, beta: float = 16.0,
-         gamma1: float = 4.0, gamma2: float = 16.0, lam: float = 12.0) -> LossParts:
+         gamma1: float = 4.0, gamma2: float = 16.0, lam: float = 12.0,
+         ce: str = "smoothed") -> LossParts:
     """Returns the paper's CS-RS loss, Eq. 2: I1 + lambda * I2 + lambda * I3.
 
-    I1 is MACER's classification loss over all examples; I2 the standard hinge with gamma_1 over
+    I1 is MACER's classification loss over all examples (``ce="smoothed"``, the paper's choice;
+    ``"per-draw"``, Cohen's cross-entropy on each of the k draws, is offered to measure what the
+    NLL form costs, as Margin-CS's reading uses it); I2 the standard hinge with gamma_1 over
     ALL examples (D, not D_n, as the paper chooses); I3 the hinge (gamma_2 - m) on the signed
     cost-sensitive gap m in [-gamma_2, gamma_2] of the sensitive examples. I2 and I3 are both sums
     divided by the batch size B: I3 is thus the batch estimate of P(sensitive) * E_{D_s}[L_M],
@@ -340,7 +401,8 @@ def csrs(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigma: float
     sensitive examples contributes no I3 instead of a noisy average over few of them. The binary
     method reads Omega_y only; Margin-CS is its cost-weighted successor.
     """
-    classification, probs, accuracy = _macer_terms(model, x, y, sigma, generator, num_noise, beta)
+    classification, probs, accuracy = _macer_terms(model, x, y, sigma, generator, num_noise, beta,
+                                                   ce)
     normal = (standard_hinge(probs, y, sigma, gamma1).sum() / len(y)).float()
     sensitive = (cost_sensitive_hinge(probs, cost_rows > 0, sigma, gamma2).sum()
                  / len(y)).float()
@@ -352,8 +414,9 @@ def csrs(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigma: float
 def margin_cs(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigma: float,
               generator: torch.Generator, *, num_noise: int = 16, beta: float = 16.0,
               gamma1: float = 4.0, gamma2: float = 16.0, lam1: float = 3.0, lam2: float = 3.0,
-              ce: str = "per-draw", window: str = "nonnegative") -> LossParts:
-    """Returns Margin-CS's loss (the 2025 version's objective as NOTES.md reads it):
+              ce: str = "per-draw", window: str = "nonnegative",
+              pair_gap: str = "label") -> LossParts:
+    """Returns Margin-CS's loss (the 2025 version's objective as we read it, docs/theory.md):
 
         CE + lambda_1 * mean over normal examples of sigma/2 * L_M(gap_std; 0, gamma_1)
            + lambda_2 * mean over sensitive examples of
@@ -363,20 +426,19 @@ def margin_cs(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigma: 
     (:func:`standard_hinge`, :func:`pairwise_cost_hinge`). ``ce="per-draw"`` is Cohen's
     cross-entropy averaged over the k draws, ``"smoothed"`` MACER's NLL of the soft smoothed
     classifier; ``window="nonnegative"`` sets l = 0, ``"signed"`` l = -gamma_2, which also pulls
-    back pairs whose costly class already beats y. Both are uncertain in our reading, hence
-    choices; the defaults follow NOTES.md. The two means are over the batch's examples of each
+    back pairs whose costly class already beats y; ``pair_gap="label"`` starts gap_j from p_y,
+    ``"top"`` from max_k p_k (module docstring: why ``label`` is the default). All three are
+    uncertain in our reading, hence choices. The two means are over the batch's examples of each
     group (0 for an empty group).
     """
     logits = _noisy_logits(model, x, sigma, num_noise, generator)
-    if ce == "smoothed":
-        classification = _smoothed_nll(logits, y, num_noise)
-    else:
-        classification = F.cross_entropy(logits, y.repeat_interleave(num_noise))
+    classification = _classification(logits, y, num_noise, ce)
     probs = noisy_probabilities(logits, num_noise, beta)
     sensitive = (cost_rows > 0).any(1)
     normal = _group_mean(standard_hinge(probs, y, sigma, gamma1), ~sensitive).float()
     lower = -gamma2 if window == "signed" else 0.0
-    pairs = pairwise_cost_hinge(probs, y, cost_rows, sigma, lower, gamma2)
+    anchor = y if pair_gap == "label" else top_classes(probs)
+    pairs = pairwise_cost_hinge(probs, anchor, cost_rows, sigma, lower, gamma2)
     costly = _group_mean(pairs, sensitive).float()
     return LossParts(classification + lam1 * normal + lam2 * costly, classification.detach(),
                      normal.detach(), costly.detach(), _noisy_accuracy(logits, y, num_noise))
@@ -384,9 +446,11 @@ def margin_cs(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigma: 
 
 def _adversarial_noisy_ce(model: nn.Module, x: Tensor, y: Tensor, sigma: float,
                           generator: torch.Generator, num_noise: int, steps: int, eps: float,
-                          gain: Callable[[Tensor], Tensor]) -> LossParts:
+                          gain: Callable[[Tensor], Tensor],
+                          weights: Tensor | None = None) -> LossParts:
     """Returns SmoothAdv's loss: the cross-entropy of f(x' + delta_j) over the m draws, at the
-    point x' that :func:`csrs.attacks.smoothed_pgd_l2` finds with the same draws.
+    point x' that :func:`csrs.attacks.smoothed_pgd_l2` finds with the same draws; with
+    ``weights`` (B,), sum_i w_i CE_i / B, CE_i the mean over example i's draws.
 
     The attack runs with the model in eval mode (BatchNorm on its running statistics, as in
     Salman et al.'s code) and on the module inside DistributedDataParallel, whose gradient hooks
@@ -401,7 +465,11 @@ def _adversarial_noisy_ce(model: nn.Module, x: Tensor, y: Tensor, sigma: float,
     finally:
         attacked.train(was_training)
     logits = model(adversarial.repeat_interleave(num_noise, dim=0) + noise).float()
-    loss = F.cross_entropy(logits, y.repeat_interleave(num_noise))
+    if weights is None:
+        loss = F.cross_entropy(logits, y.repeat_interleave(num_noise))
+    else:
+        losses = F.cross_entropy(logits, y.repeat_interleave(num_noise), reduction="none")
+        loss = (weights * losses.view(len(y), num_noise).mean(1)).mean()
     return LossParts(loss, loss.detach(), _zero(x), _zero(x),
                      _noisy_accuracy(logits, y, num_noise))
 
@@ -426,12 +494,24 @@ def smoothadv(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigma: 
 
 def smoothadv_cs(model: nn.Module, x: Tensor, y: Tensor, cost_rows: Tensor, sigma: float,
                  generator: torch.Generator, *, num_noise: int = 4, steps: int = 4,
-                 eps: float = 0.5, eps_warmup: int = 10) -> LossParts:
-    """Returns SmoothAdv-CS's loss (our reading, NOTES.md): :func:`smoothadv`, except that the
-    attack on a sensitive example maximises log sum_{j in Omega_y} C[y][j] G_j(x'), the
-    cost-weighted mass the soft smoothed classifier puts on its costly classes, instead of the
-    NLL of its label. Normal examples are attacked as in SmoothAdv; the training loss is the same.
+                 eps: float = 0.5, eps_warmup: int = 10, variant: str = "attack",
+                 weight: float = 1.2) -> LossParts:
+    """Returns SmoothAdv-CS's loss: :func:`smoothadv` adapted to the costs in one of two ways
+    (module docstring: why ``attack`` is the default).
+
+    ``variant="attack"`` (our reading): the attack on a sensitive example maximises
+    log sum_{j in Omega_y} C[y][j] G_j(x'), the cost-weighted mass the soft smoothed classifier
+    puts on its costly classes, instead of the NLL of its label; normal examples are attacked as
+    in SmoothAdv, and the training loss is SmoothAdv's. ``weight`` is unused.
+    ``variant="reweight"`` (the authors' released code's description): SmoothAdv's attack on the
+    label unchanged, and the noisy cross-entropy at the adversarial point of example i weighted
+    by w_i = 1 + (alpha_w - 1) * max_j C[y_i][j], alpha_w = ``weight``, as Cohen-R's per-example
+    weighting: sum_i w_i CE_i / B, so weight 1 is exactly SmoothAdv's loss.
     """
+    if variant == "reweight":
+        return _adversarial_noisy_ce(model, x, y, sigma, generator, num_noise, steps, eps,
+                                     label_attack_gain(y),
+                                     _example_weights(cost_rows, weight, torch.float32))
     return _adversarial_noisy_ce(model, x, y, sigma, generator, num_noise, steps, eps,
                                  cost_attack_gain(y, cost_rows))
 
@@ -502,12 +582,14 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "cohen": {},
     "cohen-r": {"weight": 1.2, "weighting": "example"},
     "macer": {"num_noise": 16, "beta": 16.0, "gamma": 8.0, "lam": 12.0},
-    "csrs": {"num_noise": 16, "beta": 16.0, "gamma1": 4.0, "gamma2": 16.0, "lam": 12.0},
-    # The Margin-CS authors' code defaults (NOTES.md): lambda 3, gamma 4 and 16, beta 16, k 16.
+    "csrs": {"num_noise": 16, "beta": 16.0, "gamma1": 4.0, "gamma2": 16.0, "lam": 12.0,
+             "ce": "smoothed"},
+    # The Margin-CS authors' code defaults (docs/theory.md): lambda 3, gamma 4 and 16, beta 16,
+    # k 16.
     "margin-cs": {"num_noise": 16, "beta": 16.0, "gamma1": 4.0, "gamma2": 16.0, "lam1": 3.0,
-                  "lam2": 3.0, "ce": "per-draw", "window": "nonnegative"},
+                  "lam2": 3.0, "ce": "per-draw", "window": "nonnegative", "pair_gap": "label"},
     "smoothadv": dict(_SMOOTHADV),
-    "smoothadv-cs": dict(_SMOOTHADV),
+    "smoothadv-cs": {**_SMOOTHADV, "variant": "attack", "weight": 1.2},
     "zhang-evans": {"eps": 0.25, "kappa": 1.0, "eps_warmup": 5},
 }
 
@@ -524,15 +606,21 @@ _RANGES: dict[str, tuple[float, bool]] = {
 # The values of each choice-valued hyperparameter.
 _CHOICES: dict[str, tuple[str, ...]] = {
     "weighting": ("example", "group", "batch"), "ce": ("per-draw", "smoothed"),
-    "window": ("nonnegative", "signed"),
+    "window": ("nonnegative", "signed"), "pair_gap": ("label", "top"),
+    "variant": ("attack", "reweight"),
+}
+# Hyperparameters that only one value of a choice reads: (key, the choice, its value).
+_ONLY_WITH: dict[tuple[str, str], tuple[str, str]] = {
+    ("smoothadv-cs", "weight"): ("variant", "reweight"),
 }
 
 
 def resolve_hparams(method: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Returns the method's hyperparameters: :data:`METHOD_DEFAULTS` updated by ``overrides``.
 
-    Raises ValueError naming an unknown method, an unknown hyperparameter, a value out of range
-    or a choice that does not exist.
+    Raises ValueError naming an unknown method, an unknown hyperparameter, a value out of range,
+    a choice that does not exist, or a hyperparameter that the method's chosen variant does not
+    read (SmoothAdv-CS's ``weight`` without ``variant = "reweight"``).
     """
     if method not in OBJECTIVES:
         raise ValueError(f"unknown method '{method}'; choose from: {', '.join(OBJECTIVES)}")
@@ -543,6 +631,11 @@ def resolve_hparams(method: str, overrides: Mapping[str, Any] | None = None) -> 
             raise ValueError(f"method '{method}' has no hyperparameter '{key}'; its "
                              f"hyperparameters: {known}")
         hparams[key] = _check_value(key, value, hparams[key])
+    for key in overrides or {}:
+        choice, needed = _ONLY_WITH.get((method, key), (None, None))
+        if choice is not None and hparams[choice] != needed:
+            raise ValueError(f"method '{method}' reads {key} only with {choice} = '{needed}'; "
+                             f"got {choice} = '{hparams[choice]}'")
     return hparams
 
 
