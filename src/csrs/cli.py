@@ -17,11 +17,40 @@ from typing import Any
 __all__ = ["main"]
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows every option's default where its text does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or not action.option_strings or action.required
+                or action.default is argparse.SUPPRESS):
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        if action.default is None:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line naming the command and the problem."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         raise SystemExit(_fail(f"{self.prog}: {message} (see '{self.prog} --help')"))
+
+
+class _Given(argparse._StoreAction):
+    """Stores the value and notes that the option was given on the command line (so that a mode
+    can refuse an option it would ignore, whatever its default)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        namespace.given = {*getattr(namespace, "given", set()), self.dest}
 
 
 def _fail(message: str) -> int:
@@ -79,8 +108,8 @@ _MODE_FLAGS = {
 }
 _MODE_NAMES = {"fixed": "fixed-n certification", "adaptive": "--adaptive",
                "convex": "--convex"}
-_CERTIFY_DEFAULTS = {"n0": 100, "n": 100_000, "alpha": 0.001, "bounds": "sound", "seed": 0,
-                     "sequential": "looks"}
+# Options with a real default, whose use is known from the command line alone (_Given).
+_TRACKED = frozenset({"n0", "n", "alpha", "bounds", "seed", "sequential"})
 
 
 def _add_certify(commands: argparse._SubParsersAction) -> None:
@@ -106,24 +135,24 @@ def _add_certify(commands: argparse._SubParsersAction) -> None:
                         "'3->5:10,8:2', or a .csv/.json/.npy matrix (default: the checkpoint's)")
     parser.add_argument("--sigma", type=_positive_float,
                         help="noise level (default: the checkpoint's training sigma)")
-    parser.add_argument("--n0", type=_positive_int, default=None,
-                        help="selection samples per example (default 100)")
-    parser.add_argument("--n", type=_positive_int, default=None,
+    parser.add_argument("--n0", type=_positive_int, default=100, action=_Given,
+                        help="selection samples per example")
+    parser.add_argument("--n", type=_positive_int, default=100_000, action=_Given,
                         help="estimation samples per example; with --adaptive the most a test "
-                             "may draw (default 100000)")
-    parser.add_argument("--alpha", type=_probability, default=None,
-                        help="failure probability of each certificate (default 0.001)")
-    parser.add_argument("--bounds", choices=("sound", "paper"), default=None,
-                        help="fixed n: 'sound' (default): max(R1, R2) holds with probability "
-                             "1 - alpha; 'paper': Algorithm 1 exactly as printed, whose "
-                             "max(R1, R2) only holds with probability 1 - 1.5*alpha")
+                             "may draw")
+    parser.add_argument("--alpha", type=_probability, default=0.001, action=_Given,
+                        help="failure probability of each certificate")
+    parser.add_argument("--bounds", choices=("sound", "paper"), default="sound", action=_Given,
+                        help="fixed n: 'sound': max(R1, R2) holds with probability 1 - alpha; "
+                             "'paper': Algorithm 1 exactly as printed, whose max(R1, R2) only "
+                             "holds with probability 1 - 1.5*alpha")
     parser.add_argument("--batch", type=_positive_int, default=1000,
                         help="noisy samples per forward pass (--convex: examples, at most 256)")
     parser.add_argument("--skip", type=_positive_int, default=1,
                         help="certify every K-th example")
     parser.add_argument("--max", type=_positive_int, default=None,
                         help="certify at most K examples (default: all)")
-    parser.add_argument("--seed", type=int, default=None, help="noise seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0, action=_Given, help="noise seed")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
     parser.add_argument("--channels-last", action="store_true",
@@ -140,14 +169,16 @@ def _add_certify(commands: argparse._SubParsersAction) -> None:
                              "whatever the stopping time")
     parser.add_argument("--eps", type=_eps_list, default=None,
                         help="--adaptive: the radii to decide, e.g. 0.25,0.5,0.75,1.0; "
-                             "--convex: the one radius to certify")
+                             "--convex: the one radius to certify (default: none; fixed n "
+                             "certifies every radius at once)")
     parser.add_argument("--max-cost", type=_nonnegative_float, default=None,
                         help="--adaptive: decide 'certified cost at eps <= T' for a real-valued "
                              "cost matrix, i.e. no class costing more than T can be reached "
                              "(default: no costly class at all)")
-    parser.add_argument("--sequential", choices=("looks", "mixture"), default=None,
+    parser.add_argument("--sequential", choices=("looks", "mixture"), default="looks",
+                        action=_Given,
                         help="--adaptive: the sequential test, Clopper-Pearson at geometric "
-                             "looks (default 'looks') or a Beta-mixture confidence sequence")
+                             "looks or a Beta-mixture confidence sequence")
     parser.add_argument("--convex", action="store_true",
                         help="Zhang & Evans's deterministic certificate at --eps from convex "
                              "(dual network) bounds instead of randomized smoothing; no alpha")
@@ -161,9 +192,11 @@ def _check_mode(args: argparse.Namespace) -> str:
     if args.adaptive and args.convex:
         raise ValueError("--adaptive and --convex are two ways to certify; choose one")
     mode = "adaptive" if args.adaptive else "convex" if args.convex else "fixed"
+    given = getattr(args, "given", set())
     for name, modes in _MODE_FLAGS.items():
         value = getattr(args, name)
-        if value not in (None, False) and mode not in modes:
+        stated = name in given if name in _TRACKED else value not in (None, False)
+        if stated and mode not in modes:
             where = " or ".join(_MODE_NAMES[m] for m in modes)
             raise ValueError(f"--{name.replace('_', '-')} applies to {where} only, not to "
                              f"{_MODE_NAMES[mode]}")
@@ -173,9 +206,6 @@ def _check_mode(args: argparse.Namespace) -> str:
     if mode == "convex" and len(args.eps) != 1:
         raise ValueError(f"--convex certifies one radius; got --eps "
                          f"{','.join(f'{e:g}' for e in args.eps)}")
-    for name, value in _CERTIFY_DEFAULTS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
     return mode
 
 
@@ -284,7 +314,8 @@ def _add_report_arguments(parser: argparse.ArgumentParser, out_help: str) -> Non
     parser.add_argument("--out", type=Path, default=None, help=out_help)
     parser.add_argument("--cost", default=None,
                         help="cost spec for Cohen's logs, which hold none: Rob_cs from their "
-                             "radius as R1 (a lower bound) and the certified cost from it")
+                             "radius as R1 (a lower bound) and the certified cost from it "
+                             "(default: none; files of csrs carry their own)")
     parser.add_argument("--classes", type=_positive_int, default=None,
                         help="number of classes of the task, with --cost (default: the largest "
                              "class in the logs + 1)")
@@ -560,7 +591,8 @@ def _add_import(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", help="cifar10 or imagenet (default: the architecture's)")
     parser.add_argument("--arch", help="the source's architecture where the file does not "
                         "record it (macer: resnet110, the default)")
-    parser.add_argument("--data-dir", help="directory of the dataset files, kept for certify")
+    parser.add_argument("--data-dir", help="directory of the dataset files, kept for certify "
+                        "(default: none; certify --data-dir can give it later)")
     parser.add_argument("--cost", help="cost spec kept for certify (default: the dataset's)")
     parser.set_defaults(run=_run_import)
 
