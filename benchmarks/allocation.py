@@ -4,9 +4,9 @@
 
 Both allocations are computed from the same counts (n0 = 100, n = 100,000 by default) of each
 sensitive test example: "split" bounds each p_k, k in Omega_y, at alpha / (2 |Omega_y|) (the
-sound certificate csrs shipped before, and the paper's), "no split" at alpha/2 (NOTES.md: one
-event, whatever |Omega_y| is). Prints a markdown table of Rob_cs at --eps per checkpoint, and the
-mean certified radius of the sensitive examples.
+sound certificate csrs shipped before, and the paper's), "no split" at alpha/2
+(docs/theory.md#no-split-over-omega: one event, whatever |Omega_y| is). Prints a markdown table
+of Rob_cs at --eps per checkpoint, and the mean certified radius of the sensitive examples.
 """
 
 from __future__ import annotations

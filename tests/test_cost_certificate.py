@@ -1,4 +1,5 @@
-"""The certified worst-case cost kappa(eps) of real-valued cost rows (docs/theory.md).
+"""The certified worst-case cost kappa(eps) of real-valued cost rows
+(docs/theory.md#certified-cost).
 
 Soundness on simulated multinomial counts from known probabilities: a failure is an input for
 which kappa(eps) falls below its value on the true probabilities (same candidate) at SOME eps.

@@ -106,7 +106,7 @@ def test_matrix_is_read_only():
         cm.matrix[0, 1] = 0
 
 
-# -- real-valued costs (NOTES.md, "Real-valued costs") ---------------------------------------------
+# -- real-valued costs (docs/theory.md#real-valued-costs) -------------------------------------
 @pytest.mark.parametrize("spec, row3", [
     ("3->5:10,8:2", {5: 10.0, 8: 2.0}),
     ("3->5,8:2", {5: 1.0, 8: 2.0}),

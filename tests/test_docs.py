@@ -67,8 +67,6 @@ def test_documentation_cites_nothing_outside_the_repository():
     assert _citations(owned) == []
 
 
-@pytest.mark.xfail(strict=True, reason="docstrings, tests and configs still cite NOTES.md; "
-                   "they are to cite docs/theory.md (remove this mark when none is left)")
 def test_no_tracked_file_cites_a_file_outside_the_repository():
     assert _citations(_tracked_text_files()) == []
 

@@ -68,7 +68,8 @@ def test_sound_mode_shares_one_lower_bound_at_half_alpha():
 
 
 def test_sound_mode_bounds_each_costly_class_at_half_alpha_without_a_split():
-    """NOTES.md: R2 needs pB_upper >= p_k* for one (unknown, fixed) class k*: one event."""
+    """docs/theory.md#no-split-over-omega: R2 needs pB_upper >= p_k* for one (unknown, fixed)
+    class k*: one event."""
     cert = certify_counts([90, 10, 0, 0], [800, 100, 60, 40], sigma=0.5, alpha=0.01,
                           costly=[1, 2, 3])
     assert cert.p_b_upper == pytest.approx(clopper_pearson_upper(100, 1000, 0.01 / 2))

@@ -117,7 +117,7 @@ def read_weights_only(path: Path, error: type[Exception], problem: str) -> Any:
         raise error(f"'{path}' {problem}: {damage}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as failure:  # noqa: BLE001 - any failure to parse means "not readable"
+    except Exception as failure:  # any failure to parse means "not readable"
         # torch.load raises many kinds of errors on foreign bytes (UnpicklingError, RuntimeError,
         # KeyError, IndexError from the weights-only unpickler, ...); say what they mean.
         raise error(f"'{path}' {problem}: {_why(path, failure)}") from None

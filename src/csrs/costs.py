@@ -3,7 +3,7 @@
 ``C[j, k] >= 0`` is the cost of predicting ``k`` for an input of class ``j``; the diagonal is zero.
 ``Omega_j = {k : C[j, k] > 0}`` is the costly set of seed class ``j``; a class with an empty costly
 set is non-sensitive. A 0/1 matrix is the paper's binary setting (Section 2); real values are the
-2025 version's (NOTES.md, "Real-valued costs").
+2025 version's (docs/theory.md#real-valued-costs).
 
 The spec language of :meth:`CostMatrix.parse` (a missing weight is 1, so every binary spec means
 what it always meant):
@@ -158,11 +158,6 @@ class CostMatrix:
             raise ValueError(f"cost matrix file '{path}' is {matrix.num_classes}x"
                              f"{matrix.num_classes}; the data has {num_classes} classes")
         return matrix
-
-    @classmethod
-    def all_errors(cls, num_classes: int) -> CostMatrix:
-        """Standard robustness: every misclassification of every class costs 1."""
-        return cls.seedwise(num_classes, range(num_classes))
 
     # -- queries ------------------------------------------------------------------------------
     @property

@@ -1,6 +1,6 @@
 """Acc, Rob_cs, Rob_cs^(std), Rob_non^(std), the costs and their curves: pure functions of rows.
 
-Definitions (docs/theory.md, "Metrics"), at a radius eps, from the per-example results:
+Definitions (docs/theory.md#metrics), at a radius eps, from the per-example results:
 
 - Acc: fraction of all examples whose standard certificate is correct with radius > 0;
 - Rob_cs: fraction of sensitive examples with a non-costly prediction and max(R1, R2) > eps;

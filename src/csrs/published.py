@@ -1,5 +1,4 @@
-"""The field's published smoothed models as csrs checkpoints (NOTES, "The field's published
-checkpoints").
+"""The field's published smoothed models as csrs checkpoints (docs/tutorials/published.md#formats).
 
 Formats, by the name ``csrs import --from`` takes:
 

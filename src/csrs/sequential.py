@@ -7,8 +7,8 @@ optimistic (upper confidence) rates could no longer be certified at eps by n_max
 n_max. Pure NumPy/SciPy (no torch), so that the guarantee can be checked on simulated counts
 whose true probabilities are known.
 
-The guarantee (docs/theory.md, "Sequential tests"), whatever the stopping time: for every input
-and every grid of radii decided by one test,
+The guarantee (docs/theory.md#sequential-tests and #eps-grid), whatever the stopping time: for
+every input and every grid of radii decided by one test,
 
     P(some listed eps >= R*(p) is certified) <= alpha.
 
@@ -224,8 +224,8 @@ class SequentialTest:
     - ``"mixture"``: anytime-valid confidence sequences (:func:`mixture_lower`), valid at every
       n. R1 alone: pA_lower at alpha. R1 or R2: pA_lower at alpha/2 (shared by R1 and R2) and
       an upper bound on each p_k, k in Omega, at alpha/2: R2 only needs the bound of the one
-      costly class with the largest true p_k to hold, a single event (docs/theory.md, "No split
-      over Omega"), so there is no split over |Omega|.
+      costly class with the largest true p_k to hold, a single event
+      (docs/theory.md#no-split-over-omega), so there is no split over |Omega|.
     - ``"looks"``: one-sided Clopper-Pearson at look j with alpha_j; sum_j alpha_j = alpha,
       split between p_A and Omega as above. The last J' looks spend alpha: a quarter of it at
       the last (n_max), the rest in equal parts over the J' - 1 before (:func:`_spend`). The

@@ -197,7 +197,7 @@ class SmoothedClassifier:
         whatever the stopping time. Why no split over the eps is needed: every eps is read off
         the same sequence of radius bounds, and certifying any listed eps >= R*(p) means a bound
         exceeded the smallest listed eps >= R*(p), hence R*(p): one event
-        (:class:`csrs.sequential.SequentialTest`; docs/theory.md, "A grid of radii").
+        (:class:`csrs.sequential.SequentialTest`; docs/theory.md#eps-grid).
         ``samples`` counts every forward pass, the n0 selection samples included. ``looks``
         replaces the default geometric schedule (it must end at ``n_max``).
         """

@@ -113,13 +113,15 @@ def certify_counts(selection_counts: Sequence[int] | np.ndarray,
     the bounds use the independent estimation counts (n samples) alone.
 
     ``bounds="sound"`` (default) spends alpha exactly once, so that with probability at least
-    1 - alpha the returned radius is at most the true radius R*(p) of NOTES.md (or the result
-    abstains / is costly): the code delivers ``radius <= R*(p)``, not more.
+    1 - alpha the returned radius is at most the true radius R*(p)
+    (docs/theory.md#cost-sensitive-radius), or the result abstains or is costly: the code
+    delivers ``radius <= R*(p)``, not more.
 
     - one lower bound pA_lower on p_A at alpha/2, shared by R1 and R2;
     - an upper bound on each p_k, k in Omega_y, at alpha/2 too, and pB_upper = their maximum.
-      No split over |Omega_y| is needed (NOTES.md): R2 only needs pB_upper >= p_k* for the one
-      costly class k* with the largest true p_k, a single event whatever |Omega_y| is;
+      No split over |Omega_y| is needed (docs/theory.md#no-split-over-omega): R2 only needs
+      pB_upper >= p_k* for the one costly class k* with the largest true p_k, a single event
+      whatever |Omega_y| is;
     - R1 = sigma * PhiInv(pA_lower), R2 = sigma/2 * (PhiInv(pA_lower) - PhiInv(pB_upper)).
 
     With two classes p_B = 1 - p_A exactly, so R2 = R1 and the whole alpha goes to pA_lower.
@@ -164,8 +166,8 @@ def certify_counts(selection_counts: Sequence[int] | np.ndarray,
 
 @dataclass(frozen=True)
 class CostCertificate:
-    """The certified worst-case cost of one input under a real-valued cost row (NOTES.md,
-    "Real-valued costs"), for every radius at once.
+    """The certified worst-case cost of one input under a real-valued cost row
+    (docs/theory.md#real-valued-costs), for every radius at once.
 
     ``candidate`` is c_A, chosen by the selection counts; ``prediction`` is c_A, or ``ABSTAIN``
     when neither R1 nor every pairwise radius is positive. ``r1`` = sigma * PhiInv(pA_lower);
@@ -193,8 +195,8 @@ class CostCertificate:
 
 def certified_cost(eps: float, candidate_cost: float, r1: float, pair_costs: Sequence[float],
                    pair_radii: Sequence[float]) -> float:
-    """Return kappa(eps) of NOTES.md: C[y][c_A] if R1 > eps, otherwise the largest of C[y][c_A]
-    and the costs of the classes whose pairwise radius is <= eps."""
+    """Return kappa(eps) (docs/theory.md#certified-cost): C[y][c_A] if R1 > eps, otherwise the
+    largest of C[y][c_A] and the costs of the classes whose pairwise radius is <= eps."""
     if r1 > eps:
         return float(candidate_cost)
     reachable = [cost for cost, radius in zip(pair_costs, pair_radii, strict=True)
@@ -211,11 +213,12 @@ def certify_cost_counts(selection_counts: Sequence[int] | np.ndarray,
     c_A is the argmax of the selection counts; pA_lower is the Clopper-Pearson lower bound at
     alpha/2 (at alpha with two classes, where p_k = 1 - p_A and every pairwise radius is R1);
     each p_k, k in Omega_y other than c_A, gets an upper bound at alpha/(2L), L the number of
-    distinct costs above C[y][c_A] in the row. Why L, not |Omega_y| (NOTES.md): kappa can only
-    fall below its value on the true probabilities at a cost level t through the one class with
-    the largest true p among {k : C[y][k] >= t}; there is one such class per level, so the
-    union runs over L events. Classes that cost no more than c_A never raise kappa; their pairwise
-    radii (bounded at the same level) are reported but carry no guarantee of their own.
+    distinct costs above C[y][c_A] in the row. Why L, not |Omega_y|
+    (docs/theory.md#cost-levels): kappa can only fall below its value on the true
+    probabilities at a cost level t through the one class with the largest true p among
+    {k : C[y][k] >= t}; there is one such class per level, so the union runs over L events.
+    Classes that cost no more than c_A never raise kappa; their pairwise radii (bounded at the
+    same level) are reported but carry no guarantee of their own.
 
     On a 0/1 row, ``cost_at(eps) == 0`` exactly when :func:`certify_counts` with
     ``costly=Omega_y`` is certified with radius > eps.
@@ -285,8 +288,8 @@ def true_cs_radius(probabilities: Sequence[float] | np.ndarray, costly: Sequence
     """Return R*(p) = sigma/2 * (PhiInv(max_{c not in Omega} p_c) - PhiInv(max_{k in Omega} p_k)).
 
     The largest radius the Gaussian worst case guarantees for "the smoothed prediction stays out
-    of Omega" (NOTES.md); negative when the top class is costly. Equals Definition 3.1's R_c-s
-    whenever the top class is not costly.
+    of Omega" (docs/theory.md#cost-sensitive-radius); negative when the top class is costly.
+    Equals Definition 3.1's R_c-s whenever the top class is not costly.
     """
     p = np.asarray(probabilities, dtype=float)
     omega = check_costly(costly, p.size)
