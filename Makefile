@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.*
 
-.PHONY: install test demo lint docs tables clean
+.PHONY: install test test-fast demo lint docs tables clean
 
 $(BIN)/csrs: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ install: $(BIN)/csrs
 
 test: install
 	$(BIN)/python -m pytest
+
+# Everything but the tests marked slow: a quick check while working (CI runs them all).
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -198,6 +198,7 @@ def test_bad_settings_fail_before_any_sampling(checkpoint):
         SmoothedClassifier(checkpoint.build_model(), 10, float("inf"))
 
 
+@pytest.mark.slow
 def test_cli_grid_certify_resume_and_report(digits_checkpoint, tmp_path, capsys):
     from csrs.cli import main
 

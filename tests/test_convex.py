@@ -120,6 +120,7 @@ def small_nets(digits):
     return nets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["random-mlp", "random-cnn", "ce-mlp", "zhang-evans-cnn"])
 def test_certified_examples_survive_pgd_and_bounds_never_exceed_attacks(name, small_nets, digits):
     """Soundness: J_k <= min over the ball of f_y - f_k <= the margin PGD reaches, for every k;

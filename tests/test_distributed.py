@@ -56,6 +56,7 @@ def one_process(digits_checkpoint, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_torchrun_certification_writes_the_file_of_one_process(digits_checkpoint, one_process,
                                                                tmp_path):
     out = tmp_path / "r.tsv"
@@ -67,6 +68,7 @@ def test_torchrun_certification_writes_the_file_of_one_process(digits_checkpoint
     assert sidecar.read_text() == one_process.with_name("r.tsv.json").read_text()
 
 
+@pytest.mark.slow
 def test_a_torn_file_resumes_with_another_number_of_processes(digits_checkpoint, one_process,
                                                               tmp_path):
     out = tmp_path / "r.tsv"
@@ -144,6 +146,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_data_parallel_training_keeps_processes_equal_and_resumes(tmp_path, digits):
     torch.multiprocessing.spawn(_train_in_process_group, args=(2, _free_port(), tmp_path),
                                 nprocs=2)

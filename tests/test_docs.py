@@ -75,6 +75,7 @@ def test_every_committed_table_matches_its_csv():
     assert tables.main(["--check"]) == 0
 
 
+@pytest.mark.slow
 def test_readme_commands_and_python_example_run(tmp_path, monkeypatch):
     """The first screen's CLI lines (with a smaller budget appended: argparse keeps the last
     value) and its Python example, as written, in a fresh directory."""

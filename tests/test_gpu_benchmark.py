@@ -7,6 +7,8 @@ from benchmarks.gpu import CONFIGS, CURVE, EPS, main
 
 from csrs.objectives import OBJECTIVES
 
+pytestmark = pytest.mark.slow  # one run of the whole script at tiny sizes
+
 
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):

@@ -184,6 +184,7 @@ def test_cohen_cifar_checkpoint_gives_the_same_logits(tmp_path, arch, depth):
     assert meta["mean"] == pytest.approx(CIFAR10_MEAN) and meta["std"] == pytest.approx(CIFAR10_STD)
 
 
+@pytest.mark.slow
 def test_cohen_imagenet_resnet50_in_data_parallel_gives_the_same_logits(tmp_path):
     reference = cohen_imagenet()
     keys = list(reference.state_dict())

@@ -59,7 +59,8 @@ def _false_claim_eps(p, costly):
     return true_cs_radius(p, list(omega), SIGMA) * 1.0001  # just above R*(p): a false claim
 
 
-@pytest.mark.parametrize("method, runs", [("looks", 2000), ("mixture", 800)])
+@pytest.mark.parametrize("method, runs", [("looks", 2000),
+                                          pytest.param("mixture", 800, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_certificates_fail_at_most_alpha_under_optional_stopping(case, method, runs):
     p, costly = CASES[case]
