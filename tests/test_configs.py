@@ -53,14 +53,15 @@ def test_every_hyperparameter_has_a_train_flag():
 @pytest.mark.parametrize("path", GPU_TABLES, ids=_name)
 def test_gpu_tables_certify_at_the_papers_n_and_alpha(path):
     """The GPU tables certify with the paper's n = 100,000 at alpha = 0.001 and the sound
-    bounds; those of the 2023 paper decide every test image with the sequential test. A config
-    trimmed for a quick try must not be committed as the paper's."""
-    certify = load_config(path).certify
+    bounds, and decide every test image with one sequential test per image at several radii
+    (the tables and the curves). A config trimmed for a quick try must not be committed as the
+    paper's."""
+    config = load_config(path)
+    certify = config.certify
     assert certify["alpha"] == 0.001 and certify["bounds"] == "sound"
-    assert 100_000 in (certify["n"], certify["adaptive_n"])
-    if "2025" not in path.name:
-        assert certify["adaptive_n"] == 100_000
-        assert certify["adaptive_skip"] == 1 and certify["adaptive_max_examples"] is None
+    assert certify["n"] == certify["adaptive_n"] == 100_000
+    assert certify["adaptive_skip"] == 1 and certify["adaptive_max_examples"] is None
+    assert config.eps in certify["adaptive_eps"] and len(certify["adaptive_eps"]) >= 4
 
 
 def test_the_ham10000_matrix_costs_a_missed_malignant_ten_times_a_false_alarm():
