@@ -18,15 +18,14 @@ Two parts, both at alpha = 0.001, n_max = n = 100,000, for the grid eps = 0.25, 
    test (standard and cost-sensitive tests, as ``csrs certify --adaptive --eps ...``); per eps
    Acc, Rob_cs, Rob_cs^(std), Rob_non^(std) of both, the samples and the seconds per example.
 
-Writes ``adaptive.csv`` (one row per part, model, mode and eps) to ``--out`` and prints the
-tables. ``--quick`` uses fewer examples for a smoke run.
+Prints the tables; ``--record`` writes them to docs/results/benchmarks_grid.csv (simulated)
+and benchmarks_grid_digits.csv (one row per model and eps, fixed n beside the grid test).
+``--quick`` uses fewer examples for a smoke run.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import platform
 import tempfile
 import time
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 from scipy.special import ndtr, ndtri
 
+from benchmarks import record
 from csrs.certify import CertifySettings, SequentialSettings, certify_dataset, select_indices
 from csrs.checkpoint import load_checkpoint, save_checkpoint
 from csrs.costs import CostMatrix
@@ -50,8 +50,6 @@ from csrs.stats import certify_counts, cohen_certify_counts
 
 GRID = (0.25, 0.5, 0.75, 1.0)
 ALPHA, N, N0, SIGMA = 0.001, 100_000, 100, 0.5
-COLUMNS = ("part", "model", "mode", "eps", "certified", "acc", "rob_cs", "rob_cs_std",
-           "rob_non_std", "mean_samples", "saving", "seconds_per_example", "examples")
 
 
 # -- 1. simulated classifiers -----------------------------------------------------------------
@@ -197,6 +195,29 @@ def gaps(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> list[str]:
     return lines
 
 
+def wide(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per (model, eps) with fixed n's and the grid test's numbers side by side, the
+    gap (the largest amount by which a grid-test metric falls below fixed n's), the samples
+    and the seconds per example."""
+    table = []
+    for model in dict.fromkeys(row["model"] for row in rows):
+        for eps in GRID:
+            fixed, grid = (next(row for row in rows if row["model"] == model
+                                and row["eps"] == eps and row["mode"] == mode)
+                           for mode in ("fixed n", "grid test"))
+            row = {"classifier": model, "eps": eps}
+            for metric in metrics:
+                row[f"fixed_{metric}"], row[f"grid_{metric}"] = fixed[metric], grid[metric]
+            row |= {"gap": max(fixed[m] - grid[m] for m in metrics if not np.isnan(fixed[m])),
+                    "fixed_samples": fixed["mean_samples"], "grid_samples": grid["mean_samples"],
+                    "saving": grid["saving"],
+                    "fixed_seconds_per_example": fixed["seconds_per_example"],
+                    "seconds_per_example": grid["seconds_per_example"],
+                    "examples": grid["examples"]}
+            table.append(row)
+    return table
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="*", type=Path,
@@ -206,9 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="100 simulated and 40 digits "
                         "examples: a smoke run")
     parser.add_argument("--batch", type=int, default=1000, help="samples per forward pass")
-    parser.add_argument("--out", type=Path, default=Path("benchmark-results"),
-                        help="directory for adaptive.csv (default benchmark-results/)")
+    parser.add_argument("--record", action="store_true",
+                        help="write docs/results/benchmarks_grid.csv and "
+                             "benchmarks_grid_digits.csv and their provenance")
     args = parser.parse_args(argv)
+    started = time.perf_counter()
     torch.set_num_threads(1)
     simulated_examples = 100 if args.quick else args.examples
     rows = [row for kind in ("standard", "pairwise")
@@ -226,17 +249,14 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"grid test per example (standard and cost-sensitive):\n")
     print(table(digits, metrics))
     print("\n" + "\n".join(gaps(digits, metrics)))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "adaptive.csv"
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, [*COLUMNS, "machine"], extrasaction="ignore")
-        writer.writeheader()
-        for row in [*rows, *digits]:
-            writer.writerow({**{c: _cell(row[c]) if isinstance(row.get(c), float) else
-                                row.get(c, "") for c in COLUMNS},
-                             "machine": f"{platform.processor() or platform.machine()}, "
-                                        f"{torch.get_num_threads()} thread"})
-    print(f"\nwrote {path}")
+    if args.record:
+        wall = time.perf_counter() - started
+        simulated = wide(rows, ["certified"])
+        record.write("benchmarks_grid.csv", simulated, list(simulated[0]),
+                     module="benchmarks.adaptive", wall_s=wall)
+        models = wide(digits, metrics)
+        record.write("benchmarks_grid_digits.csv", models, list(models[0]),
+                     module="benchmarks.adaptive", wall_s=wall)
     return 0
 
 

@@ -12,12 +12,14 @@ of Rob_cs at --eps per checkpoint, and the mean certified radius of the sensitiv
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.special import ndtri
 
+from benchmarks import record
 from csrs.checkpoint import load_checkpoint
 from csrs.costs import CostMatrix
 from csrs.data import load_dataset
@@ -48,8 +50,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--alpha", type=float, default=0.001)
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=4000)
+    parser.add_argument("--record", action="store_true",
+                        help="write docs/results/benchmarks_allocation.csv and its provenance")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    started, table = time.perf_counter(), []
     print("| checkpoint | cost | sensitive | Rob_cs split | Rob_cs no split | mean radius "
           "split | mean radius no split |\n|---|---|---:|---:|---:|---:|---:|")
     for path in args.checkpoints:
@@ -75,6 +80,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {path.name} | {cost.spec()} | {len(examples)} | "
               f"{(radii[True] > args.eps).mean():.3f} | {(radii[False] > args.eps).mean():.3f} | "
               f"{radii[True].mean():.3f} | {radii[False].mean():.3f} |")
+        table.append({"checkpoint": path.name, "cost": cost.spec(), "sensitive": len(examples),
+                      "eps": args.eps, "rob_cs_split": float((radii[True] > args.eps).mean()),
+                      "rob_cs_no_split": float((radii[False] > args.eps).mean()),
+                      "mean_radius_split": float(radii[True].mean()),
+                      "mean_radius_no_split": float(radii[False].mean())})
+    if args.record:
+        record.write("benchmarks_allocation.csv", table, list(table[0]),
+                     module="benchmarks.allocation", wall_s=time.perf_counter() - started)
 
 
 if __name__ == "__main__":

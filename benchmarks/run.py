@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from benchmarks import baseline
+from benchmarks import baseline, record
 from csrs.certify import CertifySettings, certify_dataset
 from csrs.costs import CostMatrix
 from csrs.models import build_model
@@ -176,7 +176,7 @@ def benchmark_certify(case: CertifyCase, device: torch.device, amp: bool,
     full, rest = divmod(N0 + case.n, case.batch_size)
     sizes = [case.batch_size] * full + ([rest] if rest else [])
     smoothed = SmoothedClassifier(model, NUM_CLASSES, SIGMA, device=device, amp=amp)
-    settings = CertifySettings(n0=N0, n=case.n, alpha=ALPHA, sigma=SIGMA, cost=COST)
+    settings = CertifySettings(n0=N0, n=case.n, alpha=ALPHA)
     cost_matrix = CostMatrix.parse(COST, NUM_CLASSES)
     # Noisy inputs, like those the model sees in certification (speed can depend on values).
     batch = torch.rand(case.batch_size, *case.input_shape, generator=generator)
@@ -412,7 +412,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "JSON holds both")
     parser.add_argument("--skip", nargs="*", default=[], choices=["certify", "training", "memory"],
                         help="parts to leave out")
+    parser.add_argument("--record", action="store_true",
+                        help="write docs/results/benchmarks_{certify,training,memory}.csv (rates "
+                             "per --clock) and their provenance")
     args = parser.parse_args(argv)
+    started = time.perf_counter()
     for name in ("threads", "rounds"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1; got {getattr(args, name)}")
@@ -440,7 +444,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.record:
+        wall = time.perf_counter() - started
+        for name, (rows, columns) in csv_tables(report, args.clock).items():
+            if rows:
+                record.write(name, rows, columns, module="benchmarks.run", wall_s=wall)
     return 0
+
+
+def _per(numerator: float | None, denominator: float | None) -> float:
+    return numerator / denominator if numerator and denominator else float("nan")
+
+
+def csv_tables(report: dict[str, Any], clock: str) -> dict[str, tuple[list[dict], list[str]]]:
+    """The report's three tables as CSV rows (rates per ``clock`` second)."""
+    certify = []
+    for row in report["certify"]:
+        case, rates = row["case"], row["rates"][clock]
+        art = rates.get("art")
+        certify.append({
+            "model": case["label"], "batch": case["batch_size"],
+            "n": f"{row['n0']} + {case['n']} x {case['examples']}", "raw": rates["raw"],
+            "csrs": rates["csrs"], "csrs_per_raw": _per(rates["csrs"], rates["raw"]),
+            "baseline": rates["baseline"],
+            "csrs_per_baseline": _per(rates["csrs"], rates["baseline"]),
+            "art": art if art else float("nan"), "csrs_per_art": _per(rates["csrs"], art)})
+    training = [{"model": row["arch"], "method": row["method"], "batch": row["batch_size"],
+                 "draws": row["copies"], "raw": row["rates"][clock]["raw"],
+                 "rate": row["rates"][clock]["method"],
+                 "rate_per_raw": _per(row["rates"][clock]["method"], row["rates"][clock]["raw"])}
+                for row in report["training"]]
+    memory = [{"contender": row["method"], "n": row["n"], "peak_mib": row["peak_mib"]}
+              for row in report["memory"]]
+    return {"benchmarks_certify.csv": (certify, ["model", "batch", "n", "raw", "csrs",
+                                                 "csrs_per_raw", "baseline",
+                                                 "csrs_per_baseline", "art", "csrs_per_art"]),
+            "benchmarks_training.csv": (training, ["model", "method", "batch", "draws", "raw",
+                                                   "rate", "rate_per_raw"]),
+            "benchmarks_memory.csv": (memory, ["contender", "n", "peak_mib"])}
 
 
 if __name__ == "__main__":

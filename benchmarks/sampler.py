@@ -2,11 +2,12 @@
 
     python -m benchmarks.sampler [--threads 1] [--repeats 300]
 
-Times, per CPU second of this process, one batch of 1000 samples of shape (1, 8, 8): torch's
-``uniform_`` (the mt19937 draws alone) and ``normal_`` on it, the MLP's forward + argmax, and
-one step of csrs's sampling loop as ``SmoothedClassifier.sample_counts_many`` runs it (seed the
-block's generator, draw it with sigma, add the input, classify, count). Prints ns per float and
-the loop's cost relative to the forward alone.
+Times, per CPU second of this process, one batch of 1000 samples of shape (1, 8, 8): seeding a
+noise block's generator from its 64-bit key (``csrs.rng.reseed``), torch's ``uniform_`` (the
+mt19937 draws alone) and ``normal_`` on it, the MLP's forward + argmax, and one step of csrs's
+sampling loop as ``csrs.sampling.Engine`` runs it for a whole block (seed, draw with sigma, add
+the input, classify, count the votes and the non-finite rows). Prints ns per float and the
+loop's cost relative to the forward alone.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from benchmarks import record
 from csrs.models import build_model
+from csrs.rng import noise_key, reseed
 
 BATCH, SHAPE, SIGMA, CLASSES = 1000, (1, 8, 8), 0.5, 10
 
@@ -34,7 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--record", action="store_true",
+                        help="write docs/results/benchmarks_sampler.csv and its provenance")
     args = parser.parse_args(argv)
+    started = time.perf_counter()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_model("mlp", num_classes=CLASSES, input_shape=SHAPE).eval()
@@ -46,14 +52,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts = torch.zeros(CLASSES, dtype=torch.int64)
     floats = batch.numel()
 
-    def loop_step() -> None:
-        generator.manual_seed(12345)
+    broken = torch.zeros(CLASSES, dtype=torch.int64)
+    key = noise_key(0, 12345, 1, 0)
+
+    def loop_step() -> None:  # what csrs.sampling.Engine does for one whole block
+        reseed(generator, key)
         batch.normal_(0.0, SIGMA, generator=generator).add_(x)
-        counts.scatter_add_(0, model(batch).argmax(1).add_(owners), ones)
+        largest, labels = model(batch).max(dim=1)
+        counts.scatter_add_(0, labels.add_(owners), ones)
+        broken.scatter_add_(0, owners, (~torch.isfinite(largest)).long())
 
     with torch.inference_mode():
         batch.normal_(0.0, SIGMA, generator=generator).add_(x)
         times = {
+            "reseed": _per_call_us(lambda: reseed(generator, key), args.repeats),
             "uniform_": _per_call_us(lambda: batch.uniform_(generator=generator), args.repeats),
             "normal_": _per_call_us(lambda: batch.normal_(generator=generator), args.repeats),
             "forward": _per_call_us(lambda: model(batch).argmax(1), args.repeats),
@@ -66,6 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"normal_ / forward: {times['normal_'] / times['forward']:.3f}; "
           f"loop step / forward: {times['loop step'] / times['forward']:.3f} "
           f"(caps certification / raw near {times['forward'] / times['loop step']:.2f})")
+    if args.record:
+        rows = [{"operation": name, "us_per_batch": micros,
+                 "ns_per_float": micros * 1e3 / floats if name.endswith("_") else float("nan"),
+                 "per_forward": micros / times["forward"]} for name, micros in times.items()]
+        record.write("benchmarks_sampler.csv", rows, list(rows[0]), module="benchmarks.sampler",
+                     wall_s=time.perf_counter() - started)
     return 0
 
 

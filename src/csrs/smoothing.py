@@ -96,16 +96,16 @@ class SmoothedClassifier:
         return logits
 
     def classify_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (argmax class, whether the logits are all finite) of each input of ``batch``.
+        """Return (argmax class, whether that class's logit is finite) of each input of
+        ``batch``.
 
-        A NaN or infinite logit makes argmax meaningless (fp16 overflow, a broken model): the
-        engine refuses to certify such an example rather than count a vote for whichever class
-        argmax happens to pick.
+        A NaN or +inf logit makes argmax meaningless (fp16 overflow, a broken model): the engine
+        refuses to certify such an example rather than count a vote for whichever class argmax
+        happens to pick. One max per row finds both (a NaN anywhere in a row makes its max NaN),
+        and a row of -inf only; a single -inf logit, a class of probability 0, is no fault.
         """
-        logits = self.logits(batch)
-        # One NaN or inf logit makes the row's sum non-finite: one check per row, not per logit
-        # (finite logits whose sum overflows, beyond ~1e37, are refused too; they are broken).
-        return logits.argmax(dim=1), torch.isfinite(logits.sum(dim=1))
+        largest, labels = self.logits(batch).max(dim=1)
+        return labels, torch.isfinite(largest)
 
     # -- sampling -----------------------------------------------------------------------------
     def sample_counts_many(self, inputs: torch.Tensor,
