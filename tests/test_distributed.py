@@ -69,6 +69,20 @@ def test_torchrun_certification_writes_the_file_of_one_process(digits_checkpoint
 
 
 @pytest.mark.slow
+def test_torchrun_sequential_certification_writes_the_file_of_one_process(digits_checkpoint,
+                                                                           tmp_path):
+    """The grid test shares the examples out too: its decisions depend on each example's noise
+    alone, so two processes write the rows one process writes."""
+    grid = ["--adaptive", "--eps", "0.25,0.5", "--n0", "20", "--n", "2000", "--alpha", "0.01",
+            "--batch", "256", "--quiet", "--max", "9"]
+    alone, shared = tmp_path / "alone.tsv", tmp_path / "shared.tsv"
+    assert main(["certify", str(digits_checkpoint), "--out", str(alone), *grid]) == 0
+    done = _torchrun(2, "certify", str(digits_checkpoint), "--out", str(shared), *grid)
+    assert done.stdout.count("decided 9 examples") == 1
+    assert _without_time(read_results(shared)) == _without_time(read_results(alone))
+
+
+@pytest.mark.slow
 def test_a_torn_file_resumes_with_another_number_of_processes(digits_checkpoint, one_process,
                                                               tmp_path):
     out = tmp_path / "r.tsv"

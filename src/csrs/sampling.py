@@ -156,7 +156,8 @@ class _Request:
 
 
 class Engine:
-    """Runs jobs through a smoothed classifier in full batches; see the module docstring."""
+    """Runs jobs through a smoothed classifier in full batches; see the module docstring. One
+    :meth:`run` at a time: a second engine runs beside it."""
 
     def __init__(self, classifier: Classifier, batch_size: int = 1000) -> None:
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -183,7 +184,7 @@ class Engine:
         self._capacity = 0
         self._counts = torch.zeros(0, dtype=torch.int64, device=self.classifier.device)
         self._broken = torch.zeros_like(self._counts)
-        self._done: list[Job] = []
+        self._done: deque[Job] = deque()
         self._failure: ModelOutputError | None = None
         while True:
             self._admit()
@@ -201,7 +202,7 @@ class Engine:
             else:
                 break
             while self._done:
-                yield self._done.pop(0)
+                yield self._done.popleft()
         self._batch = None
         if self._failure is not None:
             raise self._failure
