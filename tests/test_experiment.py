@@ -1,6 +1,7 @@
 """Experiments and the demo: the pipeline end to end, config errors, resuming."""
 
 import csv
+import json
 
 import pytest
 
@@ -343,3 +344,17 @@ def test_all_candidates_certifies_every_candidate_on_the_test_split(protocol_run
                 f"cohen-r-weight-{weight}-s0.tsv").is_file()
     assert "Every candidate on the test split" in (out / "report.md").read_text()
     assert (out / "tradeoff_test.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_real_valued_matrix_from_a_file_gets_its_certified_cost_plot(tmp_path):
+    """Real costs are told by the matrix, not by a ':' in the spec: a .json matrix of real
+    costs gets the certified-cost curve; its file name makes the setting's file names."""
+    matrix = [[0.0] * 10 for _ in range(10)]
+    matrix[3][5], matrix[3][8] = 10.0, 2.0
+    path = tmp_path / "graded costs.json"
+    path.write_text(json.dumps(matrix))
+    config = {**TINY, "settings": [{"dataset": "digits", "cost": str(path), "arch": "linear"}],
+              "methods": {"cohen": {}}, "tuning": {"val_fraction": 0.0}}
+    run_experiment(parse_config(config), tmp_path / "out", quiet=True)
+    plots = sorted(p.name for p in (tmp_path / "out").glob("cost_*.png"))
+    assert len(plots) == 1 and "/" not in plots[0]

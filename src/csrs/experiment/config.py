@@ -137,10 +137,13 @@ class Setting:
 
     @property
     def key(self) -> str:
-        """A name for files: ``digits_3to5x10_8x4``."""
-        safe = (self.cost.replace("->", "to").replace(",", "_").replace(";", "+")
+        """A name for files: ``digits_3to5x10_8x4``; a matrix file's stem (``digits_graded``)."""
+        cost = self.cost
+        if cost.lower().endswith((".csv", ".json", ".npy")):
+            cost = Path(cost).stem
+        safe = (cost.replace("->", "to").replace(",", "_").replace(";", "+")
                 .replace(":", "x").replace(" ", ""))
-        return f"{self.dataset}_{safe}"
+        return f"{self.dataset}_{re.sub(r'[^A-Za-z0-9._+-]', '_', safe)}"
 
 
 @dataclass
