@@ -21,15 +21,19 @@ RESULTS = Path("docs/results")
 PROVENANCE_COLUMNS = ("file", "command", "machine", "torch", "python", "wall_s", "commit")
 
 
-def machine_text() -> str:
-    """"<CPU model>, N cores, M GiB, no GPU" (or the GPU's name)."""
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what platform knows."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         for line in cpuinfo.read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_text() -> str:
+    """"<CPU model>, N cores, M GiB, no GPU" (or the GPU's name)."""
+    cpu = cpu_name()
     memory = ""
     meminfo = Path("/proc/meminfo")
     if meminfo.exists():

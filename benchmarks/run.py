@@ -320,14 +320,7 @@ def benchmark_memory(methods: Sequence[str], device: torch.device, threads: int,
 # -- machine and report -----------------------------------------------------------------------
 def machine(device: torch.device, amp: bool) -> dict[str, Any]:
     """Return what the numbers were measured on."""
-    cpu = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+    info = {"cpu": record.cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "device": str(device), "amp": amp,
             "python": platform.python_version(), "load_average": os.getloadavg(),
             "malloc": {name: os.environ[name] for name in MALLOC_SETTINGS if name in os.environ}}
