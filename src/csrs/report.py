@@ -45,9 +45,12 @@ COST_COLUMNS = ("clean_cost", "cert_cost", "cert_cost_sensitive")
 TITLE_WIDTH = 60  # characters per title line: longer titles wrap instead of being cut off
 
 
-def format_value(value: Any) -> str:
+def format_value(value: Any, column: str = "") -> str:
+    """A table cell: three decimals, whole numbers of samples, "-" for NaN."""
     if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.3f}"
+        if math.isnan(value):
+            return "-"
+        return f"{value:,.0f}" if column.endswith("samples") else f"{value:.3f}"
     return str(value)
 
 
@@ -68,7 +71,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,
     for row in rows:
         cells = []
         for column in columns:
-            text = format_value(row.get(column, ""))
+            text = format_value(row.get(column, ""), column)
             if column in best and row.get(column) == best[column]:
                 text = f"**{text}**"
             cells.append(text)
@@ -333,9 +336,9 @@ def write_report(files: Mapping[str, ResultsFile], out: str | Path, *,
         for row in rows:
             row.update(origin[row["results"]])
         summaries += rows
+        best = [c for c in columns if c in ROBUSTNESS_COLUMNS or c in COST_COLUMNS]
         text += [f"certified robustness at eps = {value:g}",
-                 markdown_table(rows, columns, bold_best=columns[3:] if len(rows) > 1 else ()),
-                 ""]
+                 markdown_table(rows, columns, bold_best=best if len(rows) > 1 else ()), ""]
     columns = ["results", "eps", "examples", "sensitive", *metric_columns(summaries),
                *PROVENANCE]
     written = [write_csv(out / "summary.csv", summaries, columns)]
