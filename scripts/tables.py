@@ -18,7 +18,8 @@ The opening comment holds shell-style words (quote a word that holds spaces):
 - ``label:COLUMN=TEXT``: the header of COLUMN (defaults below: ``acc`` is "Acc", ...);
 - ``digits=N``: decimals of fractional numbers (default 3); integers print as integers.
 
-A ``method`` column shows the methods' names as the papers write them (``csrs`` as CS-RS).
+A ``method`` or ``against`` column shows the methods' names as the papers write them (``csrs``
+as CS-RS).
 
 A CSV that is not in the repository yet renders as one sentence saying so, so that a page can be
 written before its experiment has run, and never shows numbers without a source.
@@ -60,6 +61,10 @@ METHOD_NAMES = {
     "margin-cs": "Margin-CS", "smoothadv": "SmoothAdv", "smoothadv-cs": "SmoothAdv-CS",
     "zhang-evans": "Zhang & Evans",
 }
+
+
+# The columns that hold a method's registry name.
+METHOD_COLUMNS = ("method", "against")
 
 
 def method_name(text: str) -> str:
@@ -166,7 +171,7 @@ def render(spec: Spec, root: Path | None = None) -> str:
 
     def cell(row: dict[str, str], column: str) -> str:
         names = parts[column]
-        if column == "method":
+        if column in METHOD_COLUMNS:
             return method_name(row[column])
         cells = [format_cell(row[name], spec.digits) for name in names]
         if names[0] in best and _number(row[names[0]]) == best[names[0]]:

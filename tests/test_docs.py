@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import cli_reference  # noqa: E402
+import comparison_2025  # noqa: E402
 import tables  # noqa: E402
 
 README = ROOT / "README.md"
@@ -177,6 +178,54 @@ def test_tables_check_names_a_table_that_drifted(tmp_path, monkeypatch, capsys):
     assert tables.main([str(page)]) == 0
     assert "| Cohen | 0.845 |" in page.read_text()
     assert tables.main(["--check", str(page)]) == 0
+
+
+# -- scripts/comparison_2025.py -------------------------------------------------------------------
+def test_comparison_verdict_is_what_its_summary_gives():
+    """The committed verdict of the 2025 comparison follows from the committed summary by the
+    script's rules, and its cost-blind methods are the library's."""
+    from csrs.experiment.config import COST_BLIND
+
+    assert comparison_2025.COST_BLIND == COST_BLIND
+    if not comparison_2025.SUMMARY.is_file():
+        pytest.skip("the comparison has not been run yet")
+    summary = comparison_2025.read_csv(comparison_2025.SUMMARY)
+    assert set(comparison_2025.COLUMNS) <= set(summary[0])
+    expected = [{column: str(comparison_2025._cell(row.get(column, "")))
+                 for column in comparison_2025.VERDICT_COLUMNS}
+                for row in comparison_2025.verdict_rows(summary)]
+    assert comparison_2025.read_csv(comparison_2025.VERDICT) == expected
+
+
+SUMMARY_ROWS = [
+    {"dataset": "d", "cost": "c", "method": method, "acc": acc, "acc_sd": "0.01", "rob_cs": rob,
+     "rob_cs_sd": "0.02", "cert_cost": cost, "cert_cost_sd": "0.01"}
+    for method, acc, rob, cost in [("cohen", "0.85", "0.40", "0.30"),
+                                   ("smoothadv", "0.60", "0.90", "0.05"),
+                                   ("macer", "0.83", "0.45", "0.28"),
+                                   ("cohen-r", "0.84", "0.60", "0.20"),
+                                   ("csrs", "0.80", "0.52", "0.25"),
+                                   ("margin-cs", "0.84", "0.50", "0.19"),
+                                   ("margin-cs@top", "0.84", "0.50", "0.10")]]
+
+
+def test_comparison_verdict_rules_by_hand():
+    rows = {(row["method"], row["test"]): row
+            for row in comparison_2025.verdict_rows(SUMMARY_ROWS)}
+    # SmoothAdv (25 points below Cohen) is the best cost-blind method, MACER the best within the
+    # budget: 0.52 - 0.45 = 0.07 clears the bar 0.05 and the spread over seeds, 0.02 + 0.02.
+    assert rows["csrs", "Rob_cs vs the best cost-blind method"]["against"] == "smoothadv"
+    gain = rows["csrs", "Rob_cs vs the best cost-blind method within 0.03 of Cohen's Acc"]
+    assert gain["against"] == "macer" and gain["beyond_spread"] == "yes"
+    assert gain["outcome"] == "holds"
+    assert rows["csrs", "Acc vs Cohen"]["outcome"] == "does not hold"
+    # Margin-CS's rival is never its other reading: SmoothAdv among all, Cohen-R at matched Acc
+    # (MACER, exactly 0.02 below Cohen, is in; CS-RS is not), 0.01 lower: within the spread.
+    lowest = rows["margin-cs", "Cost_cert vs the lowest other method"]
+    assert lowest["against"] == "smoothadv" and lowest["outcome"] == "does not hold"
+    matched = rows["margin-cs", "Cost_cert vs the lowest other method within 0.02 of Cohen's Acc"]
+    assert matched["against"] == "cohen-r" and matched["outcome"] == "holds on the means only"
+    assert rows["margin-cs@top", "Acc vs Cohen"]["outcome"] == "holds"
 
 
 # -- links into the documentation ----------------------------------------------------------------
