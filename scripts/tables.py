@@ -40,6 +40,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from csrs.experiment.verdict import method_label
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FILES = ("README.md", "BENCHMARKS.md", "docs/**/*.md")
 
@@ -55,21 +57,12 @@ LABELS = {
     "seeds": "seeds", "hparams": "chosen",
 }
 
-# How a method's registry name is shown (a variant "csrs@lam3" keeps its suffix: "CS-RS@lam3").
-METHOD_NAMES = {
-    "cohen": "Cohen", "cohen-r": "Cohen-R", "macer": "MACER", "csrs": "CS-RS",
-    "margin-cs": "Margin-CS", "smoothadv": "SmoothAdv", "smoothadv-cs": "SmoothAdv-CS",
-    "zhang-evans": "Zhang & Evans",
-}
-
-
-# The columns that hold a method's registry name.
+# The columns that hold a method's registry name, shown as the reports show it ("CS-RS@lam3").
 METHOD_COLUMNS = ("method", "against")
 
 
 def method_name(text: str) -> str:
-    base, at, variant = text.partition("@")
-    return METHOD_NAMES.get(base, base) + at + variant
+    return "Zhang & Evans" if text == "zhang-evans" else method_label(text)
 
 
 class TableError(ValueError):

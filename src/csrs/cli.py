@@ -505,14 +505,14 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # -- experiments ------------------------------------------------------------------------------
 def _print_summary(summary: list[dict]) -> None:
-    from csrs.experiment.verdict import METHOD_LABELS
+    from csrs.experiment.verdict import method_label
     from csrs.report import markdown_table, metric_columns
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in summary:
         groups.setdefault((row["dataset"], row["cost"]), []).append(row)
     for (dataset, cost), rows in groups.items():
-        shown = [{**row, "method": METHOD_LABELS.get(row["method"], row["method"])}
+        shown = [{**row, "method": method_label(row["method"])}
                  for row in rows]
         seeds = max(int(row["seeds"]) for row in rows)
         print(f"\n{dataset}, cost '{cost}'" + (f" (mean over {seeds} seeds)" if seeds > 1

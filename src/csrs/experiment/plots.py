@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from csrs.experiment.verdict import METHOD_LABELS
+from csrs.experiment.verdict import method_label
 from csrs.report import LABELS, plot_cost_curves, plot_curves
 
 __all__ = ["plot_candidates", "plot_method_cost", "plot_method_curves", "plot_r1_vs_r2", "wrap"]
@@ -36,7 +36,7 @@ def wrap(title: str, width: int = 48) -> str:
 def _first_seed(tests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     first: dict[str, Any] = {}
     for test in tests:
-        first.setdefault(METHOD_LABELS.get(test["method"], test["method"]), test["rows"])
+        first.setdefault(method_label(test["method"]), test["rows"])
     return first
 
 
@@ -96,7 +96,7 @@ def plot_candidates(candidates: Sequence[Mapping[str, Any]], path: Path, *, x: s
             points = [item for item in items if item["method"] == method]
             axis.scatter([p[x] for p in points], [p["acc"] for p in points],
                          marker=_MARKERS.get(method.partition("@")[0], "*"),
-                         label=METHOD_LABELS.get(method, method))
+                         label=method_label(method))
         chosen = [item for item in items if item.get("chosen") and item["method"] != "cohen"]
         if chosen:
             axis.scatter([c[x] for c in chosen], [c["acc"] for c in chosen], s=160,

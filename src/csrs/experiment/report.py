@@ -23,7 +23,7 @@ from csrs.experiment.plots import (
     plot_method_curves,
     plot_r1_vs_r2,
 )
-from csrs.experiment.verdict import METHOD_LABELS, verdict_2023, verdict_2025
+from csrs.experiment.verdict import method_label, verdict_2023, verdict_2025
 from csrs.report import markdown_table, metric_columns, write_csv
 
 __all__ = ["CANDIDATE_COLUMNS", "CANDIDATE_TEST_COLUMNS", "SUMMARY_COLUMNS", "Outcome",
@@ -173,7 +173,7 @@ def _setting_section(config: ExperimentConfig, outcome: Outcome, out: Path,
         columns += [metric, f"{metric}_sd"] if seeds > 1 and f"{metric}_sd" in rows[0] \
             else [metric]
     columns.append("hparams")
-    shown = [{**row, "method": METHOD_LABELS.get(row["method"], row["method"])} for row in rows]
+    shown = [{**row, "method": method_label(row["method"])} for row in rows]
     lines = [f"## {dataset}, cost '{cost}'", "",
              _fixed_n_note(rows[0], config.certify)
              + (f"; mean over {seeds} seeds" if seeds > 1 else "") + ".", "",
@@ -289,7 +289,7 @@ def _candidates_test_section(tests: list[RunResult], out: Path) -> list[str]:
         columns += ["adaptive_acc", "adaptive_rob_cs"]
         best += ["adaptive_acc", "adaptive_rob_cs"]
     for (dataset, cost), group in _by_setting(items).items():
-        shown = [{**item, "method": METHOD_LABELS.get(item["method"], item["method"]),
+        shown = [{**item, "method": method_label(item["method"]),
                   "chosen": "yes" if item["chosen"] else ""} for item in group]
         lines += [f"### {dataset}, cost '{cost}'", "",
                   markdown_table(shown, [*columns, "chosen"],
