@@ -11,6 +11,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from typing import Any
 import torch
 
 RESULTS = Path("docs/results")
-PROVENANCE_COLUMNS = ("file", "command", "machine", "torch", "python", "wall_s", "commit")
+PROVENANCE_COLUMNS = ("file", "command", "machine", "torch", "python", "wall_s", "cpu_s",
+                      "commit")
 
 
 def cpu_name() -> str:
@@ -74,18 +76,21 @@ def write(name: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str], 
     _provenance(folder / "provenance.csv", {
         "file": str(path), "command": " ".join(["python -m", module, *sys.argv[1:]]),
         "machine": machine_text(), "torch": torch.__version__,
-        "python": platform.python_version(), "wall_s": f"{wall_s:.0f}", "commit": _commit()})
+        "python": platform.python_version(), "wall_s": f"{wall_s:.0f}",
+        "cpu_s": f"{time.process_time():.0f}", "commit": _commit()})
     return path
 
 
 def _provenance(path: Path, row: Mapping[str, str]) -> None:
-    """Replace ``row['file']``'s line of the provenance table (or add it)."""
-    rows = []
+    """Replace ``row['file']``'s line of the provenance table (or add it), keeping its columns."""
+    rows, columns = [], list(PROVENANCE_COLUMNS)
     if path.exists():
         with open(path, newline="", encoding="utf-8") as handle:
-            rows = [r for r in csv.DictReader(handle) if r["file"] != row["file"]]
+            reader = csv.DictReader(handle)
+            columns += [c for c in reader.fieldnames or () if c not in columns]
+            rows = [r for r in reader if r["file"] != row["file"]]
     rows.append(dict(row))
     with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, PROVENANCE_COLUMNS)
+        writer = csv.DictWriter(handle, columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)

@@ -212,7 +212,9 @@ def _machine() -> str:
     return f"{model}, {os.cpu_count()} cores, {memory:.0f} GiB, no GPU"
 
 
-def add_provenance(time_log: Path, commit: str, command: str) -> None:
+def add_provenance(time_log: Path, commit: str, command: str, file: Path = SUMMARY) -> None:
+    """Record in provenance.csv which command, machine and commit made ``file``, with the wall
+    and CPU seconds of the run's ``/usr/bin/time -v`` report."""
     import torch
 
     wall, cpu = _time_log(time_log)
@@ -221,8 +223,8 @@ def add_provenance(time_log: Path, commit: str, command: str) -> None:
         columns = next(csv.reader(handle))
     if "cpu_s" not in columns:
         columns.insert(columns.index("wall_s") + 1, "cpu_s")
-    rows = [row for row in rows if row["file"] != str(SUMMARY.relative_to(ROOT))]
-    rows.append({"file": str(SUMMARY.relative_to(ROOT)), "command": command,
+    rows = [row for row in rows if row["file"] != str(file.relative_to(ROOT))]
+    rows.append({"file": str(file.relative_to(ROOT)), "command": command,
                  "machine": _machine(), "torch": torch.__version__,
                  "python": platform.python_version(), "wall_s": str(wall), "cpu_s": str(cpu),
                  "commit": commit})
