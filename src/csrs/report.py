@@ -71,7 +71,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,
     for row in rows:
         cells = []
         for column in columns:
-            text = format_value(row.get(column, ""), column)
+            text = format_value(row.get(column, float("nan")), column)
             if column in best and row.get(column) == best[column]:
                 text = f"**{text}**"
             cells.append(text)
