@@ -449,6 +449,11 @@ def _per(numerator: float | None, denominator: float | None) -> float:
     return numerator / denominator if numerator and denominator else float("nan")
 
 
+def _whole(rate: float | None) -> int | float:
+    """A rate as a whole number of samples (or examples) per second."""
+    return round(rate) if rate else float("nan")
+
+
 def csv_tables(report: dict[str, Any], clock: str) -> dict[str, tuple[list[dict], list[str]]]:
     """The report's three tables as CSV rows (rates per ``clock`` second)."""
     certify = []
@@ -457,14 +462,15 @@ def csv_tables(report: dict[str, Any], clock: str) -> dict[str, tuple[list[dict]
         art = rates.get("art")
         certify.append({
             "model": case["label"], "batch": case["batch_size"],
-            "n": f"{row['n0']} + {case['n']} x {case['examples']}", "raw": rates["raw"],
-            "csrs": rates["csrs"], "csrs_per_raw": _per(rates["csrs"], rates["raw"]),
-            "baseline": rates["baseline"],
+            "n": f"{row['n0']} + {case['n']} x {case['examples']}",
+            "raw": _whole(rates["raw"]), "csrs": _whole(rates["csrs"]),
+            "csrs_per_raw": _per(rates["csrs"], rates["raw"]),
+            "baseline": _whole(rates["baseline"]),
             "csrs_per_baseline": _per(rates["csrs"], rates["baseline"]),
-            "art": art if art else float("nan"), "csrs_per_art": _per(rates["csrs"], art)})
+            "art": _whole(art), "csrs_per_art": _per(rates["csrs"], art)})
     training = [{"model": row["arch"], "method": row["method"], "batch": row["batch_size"],
-                 "draws": row["copies"], "raw": row["rates"][clock]["raw"],
-                 "rate": row["rates"][clock]["method"],
+                 "draws": row["copies"], "raw": _whole(row["rates"][clock]["raw"]),
+                 "rate": _whole(row["rates"][clock]["method"]),
                  "rate_per_raw": _per(row["rates"][clock]["method"], row["rates"][clock]["raw"])}
                 for row in report["training"]]
     memory = [{"contender": row["method"], "n": row["n"], "peak_mib": row["peak_mib"]}
