@@ -305,7 +305,7 @@ def test_variants_train_as_their_base_method_and_report_under_their_own_name(pro
     assert group.meta["method"] == "cohen-r" and group.meta["hparams"]["weighting"] == "group"
     assert summary["csrs@lam3"]["hparams"] == "lam=3, num_noise=2"
     report = (out / "report.md").read_text()
-    assert "| cohen-r@group |" in report and "| csrs@lam3 |" in report
+    assert "| Cohen-R@group |" in report and "| CS-RS@lam3 |" in report
 
 
 def test_tables_decide_the_whole_test_split_while_radii_come_from_a_subset(protocol_run):
