@@ -54,13 +54,15 @@ def _base(method: str) -> str:
     return method.partition("@")[0]
 
 
-def _matched(rows: Sequence[Row], cohen: Row | None, acc_drop: float) -> tuple[list[Row], bool]:
-    """The rows within ``acc_drop`` of Cohen's Acc, and whether any was (else all rows)."""
-    if cohen is None or not _known(cohen, "acc"):
-        return list(rows), False
-    within = [row for row in rows if _known(row, "acc")
-              and round(cohen["acc"] - row["acc"], 3) <= acc_drop]
-    return (within, True) if within else (list(rows), False)
+def _matched(rows: Sequence[Row], cohen: Row | None, acc_drop: float) -> tuple[list[Row], str]:
+    """The rows within ``acc_drop`` of Cohen's Acc (all rows where none is), and the words that
+    say which."""
+    within = [] if cohen is None or not _known(cohen, "acc") else [
+        row for row in rows if _known(row, "acc")
+        and round(cohen["acc"] - row["acc"], 3) <= acc_drop]
+    if within:
+        return within, f"within {acc_drop:g} of Cohen's Acc"
+    return list(rows), f"none within {acc_drop:g} of Cohen's Acc, so of all"
 
 
 def _known(row: Row, metric: str) -> bool:
@@ -127,14 +129,12 @@ def verdict_2023(summary: Sequence[Row], *, gain_bar: float = 0.05,
         if ours is None:
             continue
         parts = []
-        blind, matched = _matched([row for method, row in rows.items()
-                                   if _base(method) in COST_BLIND and _known(row, "rob_cs")],
-                                  rows.get("cohen"), acc_drop)
+        blind, which = _matched([row for method, row in rows.items()
+                                 if _base(method) in COST_BLIND and _known(row, "rob_cs")],
+                                rows.get("cohen"), acc_drop)
         if blind and _known(ours, "rob_cs"):
             best = max(blind, key=lambda row: row["rob_cs"])
             gain = round(ours["rob_cs"] - best["rob_cs"], 3)
-            which = (f"within {acc_drop:g} of Cohen's Acc" if matched
-                     else f"none within {acc_drop:g} of Cohen's Acc, so of all")
             parts.append(f"Rob_cs {_value(ours, 'rob_cs')} vs {_value(best, 'rob_cs')} for the "
                          f"best cost-blind method {which} ({_label(best['method'])}): "
                          f"{relation(gain, 'it')} (bar: more than {gain_bar:g} above): "
@@ -160,14 +160,12 @@ def verdict_2025(summary: Sequence[Row], *, acc_drop: float = 0.02) -> list[str]
         if ours is None or cohen is None:
             continue
         parts = [_accuracy(ours, cohen, acc_drop)]
-        others, matched = _matched([row for method, row in rows.items()
-                                    if _base(method) != "margin-cs" and _known(row, "cert_cost")],
-                                   cohen, acc_drop)
+        others, which = _matched([row for method, row in rows.items()
+                                  if _base(method) != "margin-cs" and _known(row, "cert_cost")],
+                                 cohen, acc_drop)
         if others and _known(ours, "cert_cost"):
             rival = min(others, key=lambda row: row["cert_cost"])
             difference = round(ours["cert_cost"] - rival["cert_cost"], 3)
-            which = (f"within {acc_drop:g} of Cohen's Acc" if matched
-                     else f"none within {acc_drop:g} of Cohen's Acc, so of all")
             parts.append(f"certified cost {_value(ours, 'cert_cost')} vs "
                          f"{_value(rival, 'cert_cost')} for the best other method {which} "
                          f"({_label(rival['method'])}): {relation(difference, 'it')} (bar: "
