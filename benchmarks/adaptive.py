@@ -37,13 +37,18 @@ import torch
 from scipy.special import ndtr, ndtri
 
 from benchmarks import record
-from csrs.certify import CertifySettings, SequentialSettings, certify_dataset, select_indices
+from csrs.certify import (
+    CertifySettings,
+    SequentialSettings,
+    certify_dataset,
+    decisions_of,
+    select_indices,
+)
 from csrs.checkpoint import load_checkpoint, save_checkpoint
 from csrs.costs import CostMatrix
 from csrs.data import load_dataset
-from csrs.metrics import DecisionArrays, summarize
+from csrs.metrics import summarize
 from csrs.models import build_model
-from csrs.results import load_results
 from csrs.sequential import SequentialTest
 from csrs.smoothing import SmoothedClassifier
 from csrs.stats import certify_counts, cohen_certify_counts
@@ -151,8 +156,7 @@ def digits_rows(checkpoint_path: Path, examples: int | None, batch: int) -> list
                                      indices=indices, batch_size=batch, out=out,
                                      progress=False)
             per = (time.perf_counter() - started) / len(indices)
-            arrays = (DecisionArrays.from_sequential(result, GRID, load_results(out).settings)
-                      if mode == "grid test" else result)
+            arrays = decisions_of(result, cost, settings) if mode == "grid test" else result
             for eps in GRID:
                 summary = summarize(arrays, eps)
                 mean = (summary["mean_samples"] if mode == "grid test" else N0 + N)

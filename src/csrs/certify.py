@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from csrs import distributed
 from csrs.costs import CostMatrix, format_cost
+from csrs.metrics import DecisionArrays
 from csrs.results import (
     COLUMNS,
     FIXED,
@@ -59,8 +60,8 @@ from csrs.stats import (
     cohen_certify_counts,
 )
 
-__all__ = ["CertifySettings", "SequentialSettings", "certify_dataset", "model_fingerprint",
-           "select_indices"]
+__all__ = ["CertifySettings", "SequentialSettings", "certify_dataset", "decisions_of",
+           "model_fingerprint", "select_indices"]
 
 
 def model_fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -359,6 +360,15 @@ def certify_dataset(smoothed: SmoothedClassifier, dataset: Dataset, cost_matrix:
                 stream.add([row for part in distributed.all_gather_object(ordered)
                             for row in part])
     return stream.select()
+
+
+def decisions_of(rows: list[dict[str, Any]], cost_matrix: CostMatrix,
+                 settings: SequentialSettings) -> DecisionArrays:
+    """The decisions of sequential result rows that :func:`certify_dataset` returned, for the
+    metrics, without reading their file back."""
+    return DecisionArrays.from_sequential(rows, settings.eps, {
+        "cost_matrix": cost_matrix.to_list(), "class_names": cost_matrix.class_names,
+        "max_cost": settings.max_cost})
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:

@@ -223,13 +223,14 @@ def _certify(args: argparse.Namespace, mode: str, context) -> int:
         CertifySettings,
         SequentialSettings,
         certify_dataset,
+        decisions_of,
         model_fingerprint,
         select_indices,
     )
     from csrs.checkpoint import load_checkpoint
     from csrs.costs import CostMatrix
     from csrs.data import load_dataset
-    from csrs.metrics import DecisionArrays, summarize
+    from csrs.metrics import summarize
     from csrs.smoothing import SmoothedClassifier
 
     checkpoint = load_checkpoint(args.checkpoint)
@@ -268,10 +269,7 @@ def _certify(args: argparse.Namespace, mode: str, context) -> int:
     if not context.is_main:
         return 0
     if mode == "adaptive":
-        from csrs.results import load_results
-
-        decisions = DecisionArrays.from_sequential(rows, settings.eps,
-                                                   load_results(args.out).settings)
+        decisions = decisions_of(rows, cost, settings)
         at = [summarize(decisions, eps) for eps in settings.eps]
         robust = ", ".join(f"{s['rob_cs']:.3f} at {s['eps']:g}" for s in at)
         print(f"decided {at[0]['examples']} examples ({at[0]['sensitive']} sensitive) at eps "

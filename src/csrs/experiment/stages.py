@@ -198,10 +198,15 @@ def _sequential(run: Run, config: ExperimentConfig, data: ExperimentData,
     a few thousand samples per example, so affordable on the whole test split, which the paper's
     tables count. Returns its summary at eps (with the results file's decisions under
     ``arrays``, for the curves)."""
-    from csrs.certify import SequentialSettings, certify_dataset, model_fingerprint, select_indices
+    from csrs.certify import (
+        SequentialSettings,
+        certify_dataset,
+        decisions_of,
+        model_fingerprint,
+        select_indices,
+    )
     from csrs.checkpoint import load_checkpoint
-    from csrs.metrics import DecisionArrays, summarize
-    from csrs.results import load_results
+    from csrs.metrics import summarize
     from csrs.smoothing import SmoothedClassifier
 
     options, cost = config.certify, data.cost(run.setting)
@@ -218,7 +223,7 @@ def _sequential(run: Run, config: ExperimentConfig, data: ExperimentData,
                                max_examples=options["adaptive_max_examples"]),
         out=run.adaptive, progress=not quiet,
         fingerprint=model_fingerprint(checkpoint.model_state), checkpoint=run.checkpoint)
-    arrays = DecisionArrays.from_sequential(rows, settings.eps, load_results(run.adaptive).settings)
+    arrays = decisions_of(rows, cost, settings)
     return {**summarize(arrays, config.eps), "arrays": arrays}
 
 

@@ -47,8 +47,6 @@ def method_label(method: str) -> str:
     return METHOD_LABELS.get(base, base) + at + tag
 
 
-_label = method_label
-
 
 def _base(method: str) -> str:
     return method.partition("@")[0]
@@ -136,7 +134,7 @@ def verdict_2023(summary: Sequence[Row], *, gain_bar: float = 0.05,
             best = max(blind, key=lambda row: row["rob_cs"])
             gain = round(ours["rob_cs"] - best["rob_cs"], 3)
             parts.append(f"Rob_cs {_value(ours, 'rob_cs')} vs {_value(best, 'rob_cs')} for the "
-                         f"best cost-blind method {which} ({_label(best['method'])}): "
+                         f"best cost-blind method {which} ({method_label(best['method'])}): "
                          f"{relation(gain, 'it')} (bar: more than {gain_bar:g} above): "
                          + _compare(ours, best, "rob_cs", gain > gain_bar, gain=True))
         if "cohen-r" in rows and _known(ours, "rob_cs") and _known(rows["cohen-r"], "rob_cs"):
@@ -168,7 +166,7 @@ def verdict_2025(summary: Sequence[Row], *, acc_drop: float = 0.02) -> list[str]
             difference = round(ours["cert_cost"] - rival["cert_cost"], 3)
             parts.append(f"certified cost {_value(ours, 'cert_cost')} vs "
                          f"{_value(rival, 'cert_cost')} for the best other method {which} "
-                         f"({_label(rival['method'])}): {relation(difference, 'it')} (bar: "
+                         f"({method_label(rival['method'])}): {relation(difference, 'it')} (bar: "
                          f"the lowest): "
                          + _compare(ours, rival, "cert_cost", difference <= 0, gain=True))
         if _known(ours, "recall"):
